@@ -1,0 +1,2 @@
+"""qkvlab: does attention need three projections?"""
+__version__ = "0.1.0"

@@ -1,0 +1,160 @@
+"""`qkvlab <command>`: the one entry point.
+
+`train` hands its arguments to Hydra (so -m, --cfg, --help and launchers all
+work), but first composes and validates every job of the sweep, so a bad key
+or value fails at start-up in one line instead of in job 37.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+MAX_PRECHECK_JOBS = 512
+
+USAGE = """usage: qkvlab <command> [args]
+
+commands:
+  train     train a model (Hydra: qkvlab train --help lists the config groups)
+
+Run `qkvlab <command> --help` for a command's options."""
+
+
+def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
+    print(f"qkvlab: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def full_errors() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line from a Hydra/OmegaConf/qkvlab error: the key, the problem, the choices."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+    from qkvlab.config import ConfigError
+
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    chain = [exc]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    for err in chain:
+        if isinstance(err, ConfigError):
+            return str(err)
+        if isinstance(err, MissingConfigException):
+            missing = (err.missing_cfg_file or "").strip("/")
+            group, _, option = missing.rpartition("/")
+            if group and err.options is not None:
+                return f"{group}={option} is not a known option; choose one of: {', '.join(sorted(err.options))}"
+            return str(err).splitlines()[0]
+        if isinstance(err, ConfigKeyError) and getattr(err, "full_key", None):
+            parent = err.full_key.rpartition(".")[0]
+            known = _known_keys(parent)
+            hint = f"; known keys{' in ' + parent if parent else ''}: {', '.join(known)}" if known else ""
+            return f"unknown config key '{err.full_key}'{hint}"
+        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+            return f"{err.full_key}: {str(err.msg).splitlines()[0]}"
+    first = str(exc).strip().splitlines()
+    return first[0] if first else type(exc).__name__
+
+
+def _known_keys(parent: str) -> list[str]:
+    from omegaconf import OmegaConf
+
+    from qkvlab.config import Config
+
+    node = OmegaConf.structured(Config)
+    for part in [p for p in parent.split(".") if p]:
+        node = node.get(part) if hasattr(node, "get") else None
+        if node is None or not hasattr(node, "keys"):
+            return []
+    return sorted(node.keys())
+
+
+def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
+    """Every job's override list in a `-m` sweep (choice and range sweeps)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    prefix = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++", OverrideType.DEL: "~"}
+    axes = []
+    for o in parsed:
+        key = prefix.get(o.type, "") + o.get_key_element()
+        if o.type == OverrideType.DEL and o.value() is None:
+            axes.append([key])
+        elif o.is_sweep_override():
+            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            axes.append([f"{key}={o.get_value_element_as_str()}"])
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_dir: str | None) -> None:
+    """Compose and validate each job as Hydra will; exit with one line on the first bad one."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from qkvlab.config import to_typed
+
+    jobs = expand_sweep(overrides) if multirun else [list(overrides)]
+    extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="precheck"):
+        for i, job in enumerate(jobs[:MAX_PRECHECK_JOBS]):
+            where = f" (sweep job {i}: {' '.join(job)})" if multirun and len(jobs) > 1 else ""
+            try:
+                to_typed(compose(config_name, overrides=[*job, *extra]))
+            except Exception as exc:  # every kind of bad input gets the same one-line treatment
+                if full_errors():
+                    raise
+                fail(describe_error(exc) + where)
+    GlobalHydra.instance().clear()
+
+
+def train_command(args: list[str]) -> None:
+    from hydra._internal.utils import get_args_parser
+
+    from qkvlab.config import register_configs
+
+    register_configs()
+    parsed, _ = get_args_parser().parse_known_args(args)
+    informational = parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion
+    if not informational:
+        try:
+            precheck(parsed.overrides, parsed.multirun, parsed.config_name or "config", parsed.config_dir)
+        except SystemExit:
+            raise
+        except Exception as exc:  # a malformed override string
+            if full_errors():
+                raise
+            fail(describe_error(exc))
+    from qkvlab.train.entry import hydra_main
+
+    sys.argv = ["qkvlab train", *args]
+    hydra_main(config_path=str(CONF_DIR))
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {"train": train_command}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = args[0], args[1:]
+    if command not in COMMANDS:
+        fail(f"unknown command '{command}'; choose one of: {', '.join(COMMANDS)}")
+    COMMANDS[command](rest)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,230 @@
+"""Typed, strict configuration.
+
+Hydra composes `conf/`; these dataclasses are the schema it merges into, so an
+unknown key fails at composition with its full name. `validate` then checks the
+values that a schema cannot (ranges, choices, cross-field rules) and raises a
+`ConfigError` whose message is one line that says what to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+SHARINGS = ("mha", "q_eq_k", "k_eq_v", "q_eq_k_eq_v")
+POSITIONS = ("rope", "learned", "none")
+NORMS = ("rmsnorm", "layernorm")
+MLPS = ("swiglu", "gelu")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+LOGGER_BACKENDS = ("wandb", "none")
+
+
+class ConfigError(ValueError):
+    """A bad user input; the message is one line that names the key and the fix."""
+
+
+@dataclass
+class VariantConfig:
+    name: str = "mha"
+    family: str = "shared_qkv"
+    sharing: str = "mha"
+    # Query heads per KV head (4 = GQA-4); ignored when n_kv_heads is set.
+    kv_group_size: int = 1
+    n_kv_heads: Optional[int] = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny"
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    d_ff: int = 256
+    context: int = 128
+    # None: take the vocabulary size from the data.
+    vocab_size: Optional[int] = None
+    positions: str = "rope"
+    rope_theta: float = 10000.0
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    mlp: str = "swiglu"
+    bias: bool = False
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    init_std: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    name: str = "reverse"
+    task: str = "reverse"
+    causal: bool = False
+    seq_len: int = 32
+    batch_size: int = 64
+    # Number of validation sequences (synthetic tasks).
+    val_size: int = 512
+    # The validation set is drawn from this seed, never from the run's seed,
+    # so every variant and every seed is scored on the same examples.
+    val_seed: int = 1234
+    # mqar: key-value pairs per sequence; the rest of the sequence is queries.
+    num_pairs: int = 8
+    num_keys: int = 64
+    num_values: int = 64
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    grad_accum: int = 1
+    eval_every: int = 100
+    log_every: int = 10
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = False
+    progress: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    backend: str = "wandb"
+    mode: str = "auto"
+    project: str = "qkvlab"
+    entity: Optional[str] = None
+    # None: the experiment name, so seeds of one sweep group together.
+    group: Optional[str] = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    experiment: str = "default"
+    variant: VariantConfig = field(default_factory=VariantConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore; `conf/config.yaml` lists it first in its defaults."""
+    ConfigStore.instance().store(name="qkvlab_schema", node=Config)
+
+
+def to_typed(cfg: DictConfig | Config) -> Config:
+    """A validated `Config` object from a composed DictConfig (Hydra keys dropped)."""
+    if isinstance(cfg, Config):
+        typed = cfg
+    else:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        plain.pop("hydra", None)
+        merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
+        typed = OmegaConf.to_object(merged)
+    validate(typed)
+    return typed
+
+
+def _choice(value: str, choices: tuple[str, ...], key: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{key}={value} is out of range; it must be {bound}")
+
+
+def n_kv_heads(cfg: Config) -> int:
+    """KV heads after applying the variant's head sharing to the model's query heads."""
+    v, m = cfg.variant, cfg.model
+    if v.n_kv_heads is not None:
+        return v.n_kv_heads
+    if v.kv_group_size < 1 or m.n_heads % v.kv_group_size:
+        raise ConfigError(
+            f"variant.kv_group_size={v.kv_group_size} must divide model.n_heads={m.n_heads}; "
+            f"pick a model whose head count is a multiple of {v.kv_group_size}"
+        )
+    return m.n_heads // v.kv_group_size
+
+
+def validate(cfg: Config) -> None:
+    from qkvlab.data import TASKS  # late import: data depends on config
+    from qkvlab.model.attention import FAMILIES
+
+    m, v, d, o, t, lg = cfg.model, cfg.variant, cfg.data, cfg.optim, cfg.train, cfg.logger
+    _choice(v.family, tuple(FAMILIES), "variant.family")
+    _choice(v.sharing, SHARINGS, "variant.sharing")
+    _choice(m.positions, POSITIONS, "model.positions")
+    _choice(m.norm, NORMS, "model.norm")
+    _choice(m.mlp, MLPS, "model.mlp")
+    _choice(d.task, tuple(TASKS), "data.task")
+    _choice(t.device, DEVICES, "train.device")
+    _choice(t.precision, PRECISIONS, "train.precision")
+    _choice(lg.backend, LOGGER_BACKENDS, "logger.backend")
+    _choice(lg.mode, WANDB_MODES, "logger.mode")
+    for key in ("n_layers", "d_model", "n_heads", "d_ff", "context"):
+        _positive(getattr(m, key), f"model.{key}")
+    if m.d_model % m.n_heads:
+        raise ConfigError(
+            f"model.n_heads={m.n_heads} does not divide model.d_model={m.d_model}; "
+            f"choose n_heads among the divisors of {m.d_model}"
+        )
+    if m.positions == "rope" and (m.d_model // m.n_heads) % 2:
+        raise ConfigError(f"model.positions=rope needs an even head size, got d_model/n_heads={m.d_model // m.n_heads}")
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"model.dropout={m.dropout} is out of range; it must be in [0, 1)")
+    kv = n_kv_heads(cfg)
+    if kv < 1 or m.n_heads % kv:
+        raise ConfigError(
+            f"variant.n_kv_heads={kv} must divide model.n_heads={m.n_heads} and be at least 1"
+        )
+    if v.sharing in ("q_eq_k", "q_eq_k_eq_v") and kv != m.n_heads:
+        raise ConfigError(
+            f"variant.sharing={v.sharing} needs n_kv_heads == n_heads ({m.n_heads}), got {kv}: "
+            "Q is the K projection, so every query head needs its own key head; use kv_group_size=1"
+        )
+    if d.seq_len > m.context:
+        raise ConfigError(
+            f"data.seq_len={d.seq_len} is above model.context={m.context}; "
+            "lower data.seq_len or raise model.context"
+        )
+    for key in ("seq_len", "batch_size", "val_size"):
+        _positive(getattr(d, key), f"data.{key}")
+    _positive(o.lr, "optim.lr")
+    _positive(o.weight_decay, "optim.weight_decay", allow_zero=True)
+    _positive(o.grad_clip, "optim.grad_clip", allow_zero=True)
+    _positive(o.warmup_steps, "optim.warmup_steps", allow_zero=True)
+    if not 0 <= o.min_lr_ratio <= 1:
+        raise ConfigError(f"optim.min_lr_ratio={o.min_lr_ratio} is out of range; it must be in [0, 1]")
+    for key in ("beta1", "beta2"):
+        if not 0 <= getattr(o, key) < 1:
+            raise ConfigError(f"optim.{key}={getattr(o, key)} is out of range; it must be in [0, 1)")
+    for key in ("steps", "grad_accum", "eval_every", "log_every"):
+        _positive(getattr(t, key), f"train.{key}")
+    from qkvlab.data import check_data
+
+    check_data(cfg)
+
+
+def as_dict(cfg: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)

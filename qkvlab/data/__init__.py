@@ -1,0 +1,21 @@
+"""Data sources by task name; `build_data` is the one entry point."""
+
+from __future__ import annotations
+
+from qkvlab.data.source import IGNORE, Batch, DataSource
+from qkvlab.data.synthetic import SYNTHETIC_TASKS, SyntheticTask, check_synthetic
+
+TASKS = {name: SyntheticTask for name in SYNTHETIC_TASKS}
+
+
+def check_data(cfg) -> None:
+    """Task-specific value checks, run at start-up by `config.validate`."""
+    if cfg.data.task in SYNTHETIC_TASKS:
+        check_synthetic(cfg.data)
+
+
+def build_data(cfg) -> DataSource:
+    return TASKS[cfg.data.task](cfg)
+
+
+__all__ = ["IGNORE", "Batch", "DataSource", "TASKS", "build_data", "check_data"]

@@ -1,0 +1,117 @@
+"""Attention with shared query/key/value projections.
+
+One module serves the four sharing patterns of the study. It builds a single
+fused Linear holding only the projections the pattern needs, so the parameter
+count and the matmul FLOPs show the saving for real:
+
+    sharing       projections      Q          K          V
+    mha           W_Q W_K W_V      x W_Q      x W_K      x W_V
+    q_eq_k        W_K W_V          x W_K      x W_K      x W_V
+    k_eq_v        W_Q W_K          x W_Q      x W_K      x W_K
+    q_eq_k_eq_v   W_K              x W_K      x W_K      x W_K
+
+Head sharing (GQA/MQA) gives K and V fewer heads than Q. With RoPE the shared
+tensor S is rotated to make keys (and queries when Q=K) while values stay
+unrotated S, so `k_eq_v` caches one tensor per KV head.
+
+Further attention families register themselves in `FAMILIES` by name; a
+variant config picks one with `variant.family`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    sharing: str
+    bias: bool
+    dropout: float
+    causal: bool
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def projections(self) -> tuple[tuple[str, int], ...]:
+        """(name, heads) of each projection the fused Linear holds, in order."""
+        q, kv = self.n_heads, self.n_kv_heads
+        return {
+            "mha": (("q", q), ("k", kv), ("v", kv)),
+            "q_eq_k": (("k", kv), ("v", kv)),
+            "k_eq_v": (("q", q), ("k", kv)),
+            "q_eq_k_eq_v": (("k", kv),),
+        }[self.sharing]
+
+    @property
+    def cached_tensors(self) -> int:
+        """Tensors per KV head a decoder caches: K and V, or one when V is K's input."""
+        return 2 if self.sharing in ("mha", "q_eq_k") else 1
+
+    def kv_cache_values_per_token(self) -> int:
+        return self.cached_tensors * self.n_kv_heads * self.d_head
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (rotate-half form) on (B, H, T, D)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class SharedQKVAttention(nn.Module):
+    def __init__(self, spec: AttentionSpec):
+        super().__init__()
+        self.spec = spec
+        self.split = [heads * spec.d_head for _, heads in spec.projections]
+        self.qkv = nn.Linear(spec.d_model, sum(self.split), bias=spec.bias)
+        self.out = nn.Linear(spec.n_heads * spec.d_head, spec.d_model, bias=spec.bias)
+
+    def project(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The projections this pattern computes, as (B, heads, T, d_head)."""
+        B, T, _ = x.shape
+        parts = self.qkv(x).split(self.split, dim=-1)
+        return {
+            name: part.view(B, T, heads, self.spec.d_head).transpose(1, 2)
+            for (name, heads), part in zip(self.spec.projections, parts)
+        }
+
+    def qkv_from(
+        self, p: dict[str, torch.Tensor], rope: Optional[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries, keys and values from the projections; V is always the unrotated tensor."""
+        shared_k = p["k"]
+        v = p.get("v", shared_k)
+        k = rotate(shared_k, *rope) if rope is not None else shared_k
+        if "q" in p:
+            q = rotate(p["q"], *rope) if rope is not None else p["q"]
+        else:
+            q = k
+        return q, k, v
+
+    def forward(
+        self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv_from(self.project(x), rope)
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            dropout_p=self.spec.dropout if self.training else 0.0,
+            is_causal=self.spec.causal,
+            enable_gqa=self.spec.n_kv_heads != self.spec.n_heads,
+        )
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+
+FAMILIES: dict[str, Callable[[AttentionSpec], nn.Module]] = {"shared_qkv": SharedQKVAttention}

@@ -1,0 +1,137 @@
+"""A pre-norm transformer whose attention is picked by the variant config.
+
+The same model runs causal (language modelling, recall) or bidirectional (the
+digit tasks); the data config decides through `causal`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qkvlab.config import Config, ModelConfig, n_kv_heads
+from qkvlab.model.attention import FAMILIES, AttentionSpec
+
+
+def make_norm(m: ModelConfig) -> nn.Module:
+    if m.norm == "rmsnorm":
+        return nn.RMSNorm(m.d_model, eps=m.norm_eps)
+    return nn.LayerNorm(m.d_model, eps=m.norm_eps, bias=m.bias)
+
+
+class MLP(nn.Module):
+    def __init__(self, m: ModelConfig):
+        super().__init__()
+        self.swiglu = m.mlp == "swiglu"
+        self.up = nn.Linear(m.d_model, (2 if self.swiglu else 1) * m.d_ff, bias=m.bias)
+        self.down = nn.Linear(m.d_ff, m.d_model, bias=m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.up(x)
+        if self.swiglu:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h)
+        return self.down(h)
+
+
+class Block(nn.Module):
+    def __init__(self, m: ModelConfig, spec: AttentionSpec, family: str):
+        super().__init__()
+        self.norm1 = make_norm(m)
+        self.attn = FAMILIES[family](spec)
+        self.norm2 = make_norm(m)
+        self.mlp = MLP(m)
+        self.drop = nn.Dropout(m.dropout)
+
+    def forward(self, x: torch.Tensor, rope) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), rope))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, m: ModelConfig, spec: AttentionSpec, family: str, vocab_size: int):
+        super().__init__()
+        self.cfg, self.spec, self.vocab_size = m, spec, vocab_size
+        self.tok_emb = nn.Embedding(vocab_size, m.d_model)
+        self.pos_emb = nn.Embedding(m.context, m.d_model) if m.positions == "learned" else None
+        self.drop = nn.Dropout(m.dropout)
+        self.blocks = nn.ModuleList(Block(m, spec, family) for _ in range(m.n_layers))
+        self.norm = make_norm(m)
+        self.head = nn.Linear(m.d_model, vocab_size, bias=False)
+        if m.tie_embeddings:
+            self.head.weight = self.tok_emb.weight
+        if m.positions == "rope":
+            d = spec.d_head
+            inv = 1.0 / (m.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+            angles = torch.outer(torch.arange(m.context, dtype=torch.float32), inv)
+            angles = torch.cat((angles, angles), dim=-1)
+            self.register_buffer("rope_cos", angles.cos(), persistent=False)
+            self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, std), residual projections scaled by 1/sqrt(2·layers)."""
+        std = self.cfg.init_std
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                if name.endswith("bias"):
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.ones_(p)
+                continue
+            scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("out.weight", "down.weight")) else 1.0
+            nn.init.normal_(p, mean=0.0, std=std * scale)
+
+    def rope(self, start: int, length: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        if self.cfg.positions != "rope":
+            return None
+        return self.rope_cos[start : start + length], self.rope_sin[start : start + length]
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        T = idx.shape[1]
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+        x = self.drop(x)
+        rope = self.rope(0, T)
+        for block in self.blocks:
+            x = block(x, rope)
+        return self.head(self.norm(x))
+
+
+def attention_spec(cfg: Config) -> AttentionSpec:
+    m = cfg.model
+    return AttentionSpec(
+        d_model=m.d_model,
+        n_heads=m.n_heads,
+        n_kv_heads=n_kv_heads(cfg),
+        sharing=cfg.variant.sharing,
+        bias=m.bias,
+        dropout=m.dropout,
+        causal=cfg.data.causal,
+    )
+
+
+def build_model(cfg: Config, vocab_size: int) -> Transformer:
+    return Transformer(cfg.model, attention_spec(cfg), cfg.variant.family, vocab_size)
+
+
+def count_params(model: nn.Module) -> dict[str, int]:
+    """Distinct parameters (tied weights once), in total and inside attention."""
+    total = sum(p.numel() for p in model.parameters())
+    attention = sum(
+        p.numel() for name, p in model.named_parameters() if ".attn." in f".{name}"
+    )
+    return {"params/total": total, "params/attention": attention}
+
+
+def kv_cache_bytes_per_token(spec: AttentionSpec, n_layers: int, dtype: torch.dtype) -> int:
+    """Closed-form KV-cache bytes per token, all layers."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return n_layers * spec.kv_cache_values_per_token() * itemsize

@@ -1,0 +1,42 @@
+"""Validation metrics over scored positions only (targets != IGNORE)."""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from qkvlab.data.source import IGNORE, Batch
+
+
+@torch.no_grad()
+def evaluate(model, batches: Iterable[Batch], device: torch.device, amp, exact_match: bool) -> dict[str, float]:
+    """Loss is the mean over every scored position of the split; ppl is exp of it."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    exact = torch.zeros((), dtype=torch.int64, device=device)
+    scored, rows = 0, 0
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with amp:
+            logits = model(x)
+        logits = logits.float()
+        mask = y != IGNORE
+        loss_sum += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        hit = (logits.argmax(-1) == y) & mask
+        correct += hit.sum()
+        scored += int(mask.sum())
+        if exact_match:
+            row_has_target = mask.any(dim=1)
+            exact += ((hit | ~mask).all(dim=1) & row_has_target).sum()
+            rows += int(row_has_target.sum())
+    model.train(was_training)
+    loss = float(loss_sum) / max(1, scored)
+    out = {"val/loss": loss, "val/ppl": math.exp(min(loss, 700.0)), "val/acc": int(correct) / max(1, scored)}
+    if exact_match:
+        out["val/exact_match"] = int(exact) / max(1, rows)
+    return out

@@ -1,0 +1,84 @@
+"""One training run from a validated config to a complete run directory.
+
+Whatever happens, the run directory ends with a summary.json whose `status`
+says how the run ended, and its W&B run is finished.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qkvlab.config import Config
+from qkvlab.track.metrics import MetricsWriter
+from qkvlab.track.wandb_sink import WandbSink, resolve_mode
+from qkvlab.train.loop import RunInfo, Trainer, base_summary, config_record
+
+
+def run_name(cfg: Config) -> str:
+    return f"{cfg.variant.name}-{cfg.data.name}-s{cfg.seed}"
+
+
+def make_sinks(cfg: Config, run_dir: Path, info: RunInfo) -> list:
+    mode = resolve_mode(cfg.logger)
+    if mode == "disabled":
+        return []
+    try:
+        return [
+            WandbSink(
+                cfg.logger,
+                run_dir,
+                name=run_name(cfg),
+                group=cfg.logger.group or cfg.experiment,
+                job_type=cfg.variant.name,
+                config=config_record(cfg, info),
+                mode=mode,
+            )
+        ]
+    except Exception as exc:  # W&B is a view; metrics.jsonl keeps everything
+        print(f"qkvlab: W&B could not start ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); continuing with metrics.jsonl only")
+        return []
+
+
+def error_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    trainer: Trainer | None = None
+    writer: MetricsWriter | None = None
+    try:
+        trainer = Trainer(cfg, run_dir)
+        writer = MetricsWriter(run_dir, make_sinks(cfg, run_dir, trainer.info))
+        result = trainer.fit(writer)
+        summary = {**base_summary(cfg, trainer.info), **result, "status": "completed"}
+        writer.summary(summary)
+        writer.close()
+        print_summary(summary, run_dir)
+        return summary
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        summary = {**base_summary(cfg, trainer.info if trainer else None), "status": status, "error": error_line(exc)}
+        writer = writer or MetricsWriter(run_dir)
+        writer.summary(summary)
+        writer.close(failed=True)
+        raise
+
+
+def _fmt_int(n: int) -> str:
+    return f"{n:,}"
+
+
+def print_summary(s: dict[str, Any], run_dir: Path) -> None:
+    lines = [
+        f"qkvlab: {s['variant']} on {s['data']} (model {s['model']}, seed {s['seed']}) finished {s['step']} steps, {_fmt_int(s['tokens'])} tokens in {s['wall_time_s']:.1f}s",
+        f"  val loss {s['val/loss']:.4f}   val ppl {s['val/ppl']:.4f}   val acc {100 * s['val/acc']:.2f}%"
+        + (f"   exact match {100 * s['val/exact_match']:.2f}%" if "val/exact_match" in s else ""),
+        f"  params {_fmt_int(s['params/total'])} (attention {_fmt_int(s['params/attention'])})   "
+        f"KV cache {_fmt_int(s['kv_cache/bytes_per_token'])} B/token ({s['precision']}, "
+        f"{100 * s['kv_cache/reduction_vs_mha']:.1f}% less than mha)   {_fmt_int(round(s['throughput/tokens_per_s']))} tokens/s",
+        f"  run dir {run_dir}",
+    ]
+    print("\n".join(lines), flush=True)
