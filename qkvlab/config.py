@@ -61,8 +61,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    name: str = "reverse"
-    task: str = "reverse"
+    name: str = "sort"
+    task: str = "sort"
     causal: bool = False
     seq_len: int = 32
     batch_size: int = 64
