@@ -1,4 +1,9 @@
-"""The Hydra job: one composed config in, one run directory out."""
+"""The Hydra job: one composed config in, one run directory out.
+
+Run directories are content-addressed (qkvlab/runname.py), so a job whose
+directory already holds a completed summary is skipped: re-running a sweep
+only does the work that is missing.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,19 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+import qkvlab.runname  # noqa: F401  registers ${qkvlab_run_id:} in every launcher's job process
 from qkvlab.cli import describe_error, fail, full_errors
 from qkvlab.config import ConfigError, to_typed
+from qkvlab.rundir import load_run
 from qkvlab.train.run import error_line, run
 
 
 def train_job(cfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    previous = load_run(run_dir)
+    if previous.finished:
+        print(f"skipped, already completed: {run_dir}", flush=True)
+        return previous.summary
     try:
         typed = to_typed(cfg)
     except Exception as exc:

@@ -1,0 +1,72 @@
+"""Content-addressed run directories.
+
+A job's directory is `outputs/<experiment>/<variant>-<data>-s<seed>-<hash>`,
+where the hash covers the job's whole resolved config except the keys that
+cannot change its result (logging, progress bars, resume policy). So the same
+config always lands in the same directory, whether it came from a single run
+or from a sweep, and however it was spelled on the command line; re-running a
+sweep then finds each job's earlier directory, skips the completed ones and
+resumes the rest.
+
+Hydra resolves `${qkvlab_run_id:}` in `hydra.run.dir` and `hydra.sweep.subdir`
+(conf/config.yaml) inside each job's own process, so this module registers the
+resolver on import; `qkvlab.train.entry` imports it for every launcher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# Dotted keys (or their prefixes) left out of the hash: they change how a run
+# is watched or restarted, never what it computes.
+NOT_HASHED = ("hydra", "logger", "train.progress", "train.resume")
+HASH_LEN = 8
+
+
+def _drop(tree: Any, prefix: str = "") -> Any:
+    if not isinstance(tree, dict):
+        return tree
+    out = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if dotted in NOT_HASHED:
+            continue
+        out[key] = _drop(value, dotted + ".")
+    return out
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Short stable hash of a plain (resolved) config, hydra and non-result keys excluded."""
+    text = json.dumps(_drop(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LEN]
+
+
+def readable_name(config: dict[str, Any]) -> str:
+    variant = config.get("variant", {}).get("name", "run")
+    data = config.get("data", {}).get("name", "data")
+    return f"{variant}-{data}-s{config.get('seed', 0)}"
+
+
+def run_id(config: dict[str, Any]) -> str:
+    return f"{readable_name(config)}-{config_hash(config)}"
+
+
+def _job_config(root: DictConfig) -> dict[str, Any]:
+    # Resolving the hydra node here would recurse into the very key being resolved.
+    return {
+        key: OmegaConf.to_container(root[key], resolve=True) if OmegaConf.is_config(root[key]) else root[key]
+        for key in root
+        if key != "hydra"
+    }
+
+
+def _resolve_run_id(*, _root_: DictConfig) -> str:
+    return run_id(_job_config(_root_))
+
+
+if not OmegaConf.has_resolver("qkvlab_run_id"):
+    OmegaConf.register_new_resolver("qkvlab_run_id", _resolve_run_id)
