@@ -1,12 +1,14 @@
 """Content-addressed run directories.
 
 A job's directory is `outputs/<experiment>/<variant>-<data>-s<seed>-<hash>`,
-where the hash covers the job's whole resolved config except the keys that
-cannot change its result (logging, progress bars, resume policy). So the same
-config always lands in the same directory, whether it came from a single run
-or from a sweep, and however it was spelled on the command line; re-running a
-sweep then finds each job's earlier directory, skips the completed ones and
-resumes the rest.
+where the hash covers every value of the job's resolved config that differs
+from the schema's default (qkvlab/config.py), except keys that cannot change
+the result (logging, progress bars, resume policy). So the same config always
+lands in the same directory, whether it came from a single run or from a
+sweep, and however it was spelled on the command line; re-running a sweep
+then finds each job's earlier directory, skips the completed ones and resumes
+the rest. Leaving defaults out keeps directories stable when a new qkvlab
+version adds a config key: a key left at its default changes no hash.
 
 Hydra resolves `${qkvlab_run_id:}` in `hydra.run.dir` and `hydra.sweep.subdir`
 (conf/config.yaml) inside each job's own process, so this module registers the
@@ -27,21 +29,18 @@ NOT_HASHED = ("hydra", "logger", "train.progress", "train.resume")
 HASH_LEN = 8
 
 
-def _drop(tree: Any, prefix: str = "") -> Any:
-    if not isinstance(tree, dict):
-        return tree
-    out = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if dotted in NOT_HASHED:
-            continue
-        out[key] = _drop(value, dotted + ".")
-    return out
+def _hashed(key: str) -> bool:
+    return not any(key == k or key.startswith(k + ".") for k in NOT_HASHED)
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """Short stable hash of a plain (resolved) config, hydra and non-result keys excluded."""
-    text = json.dumps(_drop(config), sort_keys=True, default=str)
+    """Short stable hash of a plain (resolved) config: its non-default, result-changing values."""
+    from qkvlab.config import Config
+    from qkvlab.rundir import flatten
+
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=True))
+    values = {k: v for k, v in flatten(config).items() if _hashed(k) and (k not in defaults or defaults[k] != v)}
+    text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_LEN]
 
 

@@ -35,6 +35,15 @@ METRICS = (
 TEST_METRIC = "val/loss"
 
 
+def setting_text(setting: Sequence[tuple[str, Any]]) -> list[str]:
+    """`data.name=copy` reads as the override that chose it: `data=copy`."""
+    return [f"{k.removesuffix('.name')}={v}" for k, v in setting]
+
+
+def _sortable(value: Any) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, repr(value))
+
+
 @dataclass
 class Group:
     variant: str
@@ -48,7 +57,7 @@ class Group:
 
     @property
     def label(self) -> str:
-        return " ".join([self.variant, *(f"{k}={v}" for k, v in self.setting)])
+        return " ".join([self.variant, *setting_text(self.setting)])
 
     @property
     def n(self) -> int:
@@ -156,6 +165,11 @@ def compare(runs: Sequence[Run], baseline: str = "mha", alpha: float = 0.05, bes
     if groups and not any(g.variant == baseline for g in groups):
         names = sorted({g.variant for g in groups})
         notes.append(f"no completed runs of the baseline variant '{baseline}'; Δ% and p left blank (choose --baseline among: {', '.join(names)})")
-    variant_order = {name: i for i, name in enumerate([baseline])}
-    groups.sort(key=lambda g: (tuple(repr(v) for _, v in _without(g.setting, best_of)), variant_order.get(g.variant, 1), g.variant, repr(g.setting)))
+    variant_order = {baseline: 0}
+    groups.sort(key=lambda g: (
+        tuple(_sortable(v) for _, v in _without(g.setting, best_of)),
+        variant_order.get(g.variant, 1),
+        g.variant,
+        tuple(_sortable(v) for _, v in g.setting),
+    ))
     return Comparison(groups, excluded, baseline, alpha, keys, list(best_of), notes)

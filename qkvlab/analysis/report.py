@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from qkvlab.analysis.compare import METRICS, Comparison, Group
+from qkvlab.analysis.compare import METRICS, Comparison, Group, setting_text
 from qkvlab.analysis.stats import Agg
 
 
@@ -79,10 +79,10 @@ def accuracy_rows(c: Comparison) -> tuple[list[str], list[list[str]]] | None:
         cells[(g.variant, rest)][data] = g
         if data not in columns:
             columns.append(data)
-    header = ["variant"] + [" ".join(f"{k.removeprefix('data.')}={v}" for k, v in col) for col in columns]
+    header = ["variant"] + [" ".join(setting_text(col)) for col in columns]
     rows = []
     for (variant, rest), by_task in cells.items():
-        label = " ".join([variant, *(f"{k}={v}" for k, v in rest)])
+        label = " ".join([variant, *setting_text(rest)])
         rows.append([label] + [_pm(by_task[col].stats["val/acc"], 1, 100) if col in by_task else "—" for col in columns])
     return header, rows
 
