@@ -17,10 +17,11 @@ import qkvlab.runname  # noqa: F401  registers ${qkvlab_run_id:} in every launch
 from qkvlab.cli import describe_error, fail, full_errors
 from qkvlab.config import ConfigError, to_typed
 from qkvlab.rundir import load_run
-from qkvlab.train.run import error_line, run
 
 
 def train_job(cfg: DictConfig) -> dict:
+    from qkvlab.train.run import error_line, run  # torch loads here, not for --help/--cfg
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     previous = load_run(run_dir)
     if previous.finished:

@@ -8,7 +8,7 @@ import math
 import pytest
 from scipy import stats
 
-from compare_rundirs import make_run
+from tests.analysis.compare_rundirs import make_run
 from qkvlab.analysis.compare import compare
 from qkvlab.analysis.command import compare_command
 from qkvlab.analysis.plots import PLOTS
