@@ -138,7 +138,7 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
             except Exception as exc:
                 if full_errors():
                     raise
-                fail(describe_error(exc) + _launcher_hint(overrides))
+                fail(_with_plugin_hint(describe_error(exc)))
             jobs = expand_sweep(overrides, params)
         for i, job in enumerate(jobs[:MAX_PRECHECK_JOBS]):
             where = f" (sweep job {i}: {' '.join(job)})" if multirun and len(jobs) > 1 else ""
@@ -147,15 +147,17 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
             except Exception as exc:  # every kind of bad input gets the same one-line treatment
                 if full_errors():
                     raise
-                fail(describe_error(exc) + where + _launcher_hint(job))
+                fail(_with_plugin_hint(describe_error(exc)) + where)
     GlobalHydra.instance().clear()
 
 
-def _launcher_hint(overrides: Sequence[str]) -> str:
-    plugin_groups = ("hydra/launcher=", "hydra/sweeper=")
-    if any(o.startswith(plugin_groups) for o in overrides):
-        return " (launcher and sweeper plugins are extras: pip install 'qkvlab[sweep]' or 'qkvlab[optuna]')"
-    return ""
+def _with_plugin_hint(message: str) -> str:
+    """Launchers and sweepers are optional extras; say which one to install."""
+    if message.startswith("hydra/launcher="):
+        return message + " (launcher plugins are an extra: pip install 'qkvlab[sweep]')"
+    if message.startswith("hydra/sweeper="):
+        return message + " (the Optuna sweeper is an extra: pip install 'qkvlab[optuna]')"
+    return message
 
 
 def train_command(args: list[str]) -> None:

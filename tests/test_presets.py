@@ -48,3 +48,12 @@ def test_ci_smoke_sweeps_every_variant_over_two_seeds():
 def test_command_line_replaces_a_preset_axis():
     jobs = expand_sweep(["experiment=ci_smoke", "seed=5"], ["variant=mha,k_eq_v", "seed=0,1"])
     assert jobs == [["variant=mha", "seed=5", "experiment=ci_smoke"], ["variant=k_eq_v", "seed=5", "experiment=ci_smoke"]]
+
+
+def test_a_missing_launcher_plugin_is_one_line_naming_the_extra(capsys):
+    from qkvlab.cli import precheck
+
+    with pytest.raises(SystemExit):
+        precheck(["experiment=ci_smoke", "hydra/launcher=nope"], True, "config", None)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hydra/launcher=nope" in err and "pip install 'qkvlab[sweep]'" in err

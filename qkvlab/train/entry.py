@@ -19,14 +19,21 @@ from qkvlab.config import ConfigError, to_typed
 from qkvlab.rundir import load_run
 
 
-def train_job(cfg: DictConfig) -> dict:
+class JobResult(dict):
+    """A run's summary. Hydra's Optuna sweeper minimises `float(result)`: the final val loss."""
+
+    def __float__(self) -> float:
+        return float(self.get("val/loss", float("nan")))
+
+
+def train_job(cfg: DictConfig) -> JobResult:
     from qkvlab.train.run import error_line, run  # torch loads here, not for --help/--cfg
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     previous = load_run(run_dir)
     if previous.finished:
         print(f"skipped, already completed: {run_dir}", flush=True)
-        return previous.summary
+        return JobResult(previous.summary)
     try:
         typed = to_typed(cfg)
     except Exception as exc:
@@ -34,7 +41,7 @@ def train_job(cfg: DictConfig) -> dict:
             raise
         fail(describe_error(exc))
     try:
-        return run(typed, run_dir)
+        return JobResult(run(typed, run_dir))
     except KeyboardInterrupt:
         fail(f"interrupted; the run directory {run_dir} says status: interrupted", code=130)
     except ConfigError as exc:
