@@ -56,13 +56,16 @@ def plot_curves(c: Comparison, path: Path) -> None:
 def plot_tradeoff(c: Comparison, x_key: str, x_label: str, path: Path, log_x: bool = False) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    labels: dict[tuple[float, float], list[str]] = {}
     for g in c.groups:
         x, y = g.stats[x_key], g.stats["val/ppl"]
         if x.n == 0 or y.n == 0:
             continue
         err = y.std if math.isfinite(y.std) else 0.0
         ax.errorbar(x.mean, y.mean, yerr=err, fmt="o", capsize=3, label=f"{g.label} (n={g.n})")
-        ax.annotate(g.label, (x.mean, y.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        labels.setdefault((round(x.mean, 6), round(y.mean, 6)), []).append(g.label)
+    for (x, y), names in labels.items():  # variants that coincide (gqa = mqa on 4 heads) share one label
+        ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(x_label)

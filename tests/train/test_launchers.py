@@ -21,16 +21,16 @@ def completed_runs(tmp_path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_joblib_runs_a_two_job_sweep(run_cli, tmp_path):
-    needs("hydra_joblib_launcher")
-    out = run_cli("train", "-m", *FAST, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert completed_runs(tmp_path) == ["k_eq_v", "mha"]
-
-
-@pytest.mark.slow
-def test_submitit_local_runs_a_two_job_sweep(run_cli, tmp_path):
-    needs("hydra_submitit_launcher")
-    out = run_cli("train", "-m", *FAST, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10")
+@pytest.mark.parametrize(
+    "plugin, launcher",
+    [
+        ("hydra_joblib_launcher", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
+        ("hydra_submitit_launcher", ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"]),
+    ],
+    ids=["joblib", "submitit_local"],
+)
+def test_launcher_runs_a_two_job_sweep(run_cli, tmp_path, plugin, launcher):
+    needs(plugin)
+    out = run_cli("train", "-m", *FAST, *launcher)
     assert out.returncode == 0, out.stderr[-2000:]
     assert completed_runs(tmp_path) == ["k_eq_v", "mha"]
