@@ -95,13 +95,11 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
     differ = [k for k in keys if len({repr(r.flat_config.get(k)) for r in runs}) > 1]
     kept = []
     for key in differ:
+        if key.startswith("variant."):
+            continue  # the variant's name is every row's first column
         section = key.rpartition(".")[0]
         name_key = f"{section}.name"
-        if key.startswith("variant.") or key == name_key:
-            if key == name_key and section != "variant":
-                kept.append(key)
-            continue
-        if name_key in differ:
+        if key != name_key and name_key in differ:
             by_name: dict[str, set[str]] = defaultdict(set)
             for r in runs:
                 by_name[repr(r.flat_config.get(name_key))].add(repr(r.flat_config.get(key)))
@@ -135,7 +133,8 @@ def pick_best(groups: list[Group], best_of: Sequence[str]) -> list[Group]:
     for g in groups:
         slot = (g.variant, _without(g.setting, best_of))
         score = g.stats[TEST_METRIC].mean
-        if slot not in best or (math.isfinite(score) and not score >= best[slot].stats[TEST_METRIC].mean):
+        held = best[slot].stats[TEST_METRIC].mean if slot in best else math.nan
+        if slot not in best or score < held or (math.isnan(held) and math.isfinite(score)):
             best[slot] = g
     return list(best.values())
 
