@@ -122,7 +122,14 @@ def load(d: DataConfig):
             kwargs["encoding_errors"] = "replace"
         if builder == "text":
             kwargs["sample_by"] = "document"
-        return datasets.load_dataset(builder, split=d.split, streaming=d.streaming, **kwargs)
+        quiet = not datasets.utils.are_progress_bars_disabled()
+        if quiet:
+            datasets.utils.disable_progress_bars()  # reading local files is quick; our own bar shows progress
+        try:
+            return datasets.load_dataset(builder, split=d.split, streaming=d.streaming, **kwargs)
+        finally:
+            if quiet:
+                datasets.utils.enable_progress_bars()
     if not datasets.config.HF_HUB_OFFLINE and not hub_reachable():
         go_offline()
     try:
