@@ -162,9 +162,11 @@ def split_document(text: str, size: int = PIECE_CHARS) -> list[str]:
 
 
 def documents(d: DataConfig, stats: ReadStats | None = None) -> Iterator[str]:
-    """Every document's text, in corpus order."""
-    stats = stats if stats is not None else ReadStats()
-    ds = load(d)
+    """Every document's text, in corpus order; the corpus is opened now, so a missing one fails here."""
+    return _texts(load(d), d, stats if stats is not None else ReadStats())
+
+
+def _texts(ds, d: DataConfig, stats: ReadStats) -> Iterator[str]:
     local = d.path is not None
     if local:
         stats.files = local_files(d.path)

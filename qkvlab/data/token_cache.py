@@ -243,12 +243,13 @@ def open_token_cache(req: CacheRequest) -> TokenCache:
     path = req.path
 
     def build(tmp: Path) -> None:
+        docs = req.documents()  # the corpus first: a missing corpus is the error to report
         tok = req.tokenizer()
         if tok.spec()[0] != "byte":
             (tmp / "tokenizer.json").write_text(tok.spec()[1])
         stats = tokenize_into(
             tmp,
-            req.documents(),
+            docs,
             tok,
             max_tokens=req.max_tokens,
             num_proc=resolve_num_proc(req.num_proc, req.total_bytes),
