@@ -127,3 +127,21 @@ def test_two_processes_build_one_cache(tmp_path, make_docs, write_jsonl):
     assert any("waiting for it" in o[1] for o in outs)
     entries = sorted(e.name for e in (tmp_path / "cache" / "tokens").iterdir())
     assert len(entries) == 2 and entries[1] == entries[0] + ".lock"  # one entry, no temporary left
+
+
+def test_a_cached_hub_corpus_needs_neither_network_nor_source(tmp_path, make_docs, write_jsonl, monkeypatch):
+    """Once tokenized, a run opens the cache without calling load_dataset (a local folder stands in for the hub)."""
+    import shutil
+
+    import datasets
+
+    from qkvlab.config import DataConfig
+
+    (tmp_path / "ds").mkdir()
+    write_jsonl(tmp_path / "ds" / "train.jsonl", make_docs(30))
+    d = DataConfig(name="x", task="text", causal=True, hub=str(tmp_path / "ds"), tokenizer="bpe", bpe_vocab_size=300)
+    built = open_token_cache(cache_request(d, progress=False))
+    shutil.rmtree(tmp_path / "ds")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the corpus was read again"))
+    again = open_token_cache(cache_request(d, progress=False))
+    assert again.path == built.path and len(again) == len(built)
