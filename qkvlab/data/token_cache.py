@@ -27,7 +27,7 @@ from qkvlab.data.tokenizer import TextTokenizer, from_spec
 CACHE_FORMAT = 1
 SHARD_TOKENS = 1 << 28
 # Characters handed to one tokenizer job.
-JOB_CHARS = 1 << 22
+JOB_CHARS = 1 << 20
 # Corpora smaller than this are tokenized in-process: starting workers costs more than it saves.
 PARALLEL_MIN_BYTES = 64 << 20
 
