@@ -67,15 +67,13 @@ def test_undecodable_bytes_are_replaced_and_counted(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "setup, message",
-    [
-        (lambda p: p / "missing.txt", "does not exist"),
-        (lambda p: (p / "empty.txt").write_text("") and None or p / "empty.txt", "is empty"),
-        (lambda p: (p / "a.csv").write_text("x") and None or p / "a.csv", "unsupported type"),
-    ],
+    "name, content, message",
+    [("missing.txt", None, "does not exist"), ("empty.txt", "", "is empty"), ("table.csv", "a,b", "unsupported type")],
 )
-def test_bad_local_paths_fail_in_one_line(tmp_path, setup, message, text_config):
-    path = setup(tmp_path)
+def test_bad_local_paths_fail_in_one_line(tmp_path, name, content, message, text_config):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
     with pytest.raises(ConfigError, match=message) as err:
         text_config(path)
     assert "\n" not in str(err.value) and "data.path" in str(err.value)

@@ -76,7 +76,11 @@ def test_train_and_validation_are_disjoint(corpus, text_config):
     assert seen and not seen & val_docs
 
 
-def test_too_much_validation_is_a_config_error(corpus, text_config):
+def test_bad_validation_budgets_are_config_errors(corpus, text_config):
+    with pytest.raises(ConfigError, match="data.val_tokens=0 is out of range"):
+        text_config(corpus, val_tokens=0)
+    with pytest.raises(ConfigError, match="data.max_tokens=100 leaves too little"):
+        text_config(corpus, max_tokens=100)
     with pytest.raises(ConfigError, match="data.val_tokens=100000 is more than half of the corpus"):
         TextData(text_config(corpus, val_tokens=100_000))
 
