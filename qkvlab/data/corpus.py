@@ -49,10 +49,11 @@ def local_files(path: str) -> list[Path]:
 
 def check_corpus(d: DataConfig) -> None:
     """Start-up checks that need no reading beyond a stat."""
-    if (d.path is None) == (d.hub is None):
+    if d.path is None and d.hub is None:
+        raise ConfigError("data.task=text needs data.path (local files, e.g. data=text data.path=corpus.txt) or data.hub (a Hugging Face dataset name)")
+    if d.path is not None and d.hub is not None:
         raise ConfigError(
-            "data.task=text needs exactly one of data.path (local files) and data.hub (a Hugging Face dataset name); "
-            f"got path={d.path} hub={d.hub}"
+            f"data.path={d.path} and data.hub={d.hub} are both set; use data=text data.path=... for local files, or data.hub alone"
         )
     if not d.text_field:
         raise ConfigError("data.text_field is empty; name the column that holds the text (usually 'text')")

@@ -84,8 +84,10 @@ def test_mixed_types_and_no_source_are_config_errors(tmp_path, text_config, writ
     write_jsonl(tmp_path / "b.jsonl", ["y"])
     with pytest.raises(ConfigError, match="mixes file types"):
         text_config(tmp_path)
-    with pytest.raises(ConfigError, match="exactly one of data.path"):
+    with pytest.raises(ConfigError, match="needs data.path"):
         text_config(None)
+    with pytest.raises(ConfigError, match="are both set"):
+        text_config(tmp_path / "a.txt", hub="roneneldan/TinyStories")
 
 
 def test_uncached_hub_corpus_offline_fails_at_once(tmp_path):
