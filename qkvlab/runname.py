@@ -24,8 +24,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 # Dotted keys (or their prefixes) left out of the hash: they change how a run
-# is watched or restarted, never what it computes.
-NOT_HASHED = ("hydra", "logger", "train.progress", "train.resume")
+# is watched, checkpointed or restarted, never what it computes.
+NOT_HASHED = ("hydra", "logger", "train.progress", "train.resume", "train.checkpoint_every", "train.keep_checkpoints")
 HASH_LEN = 8
 
 

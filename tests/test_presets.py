@@ -30,8 +30,10 @@ def test_preset_composes_and_says_what_it_measures(name):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         typed = to_typed(compose("config", overrides=[f"experiment={name}"]))
         params = preset_sweep_params("config", [f"experiment={name}"], [])
-        for job in expand_sweep([f"experiment={name}"], params)[:64]:
-            to_typed(compose("config", overrides=job))
+        # Seeds cannot make a config invalid; every other combination is checked.
+        jobs = {tuple(o for o in job if not o.startswith("seed=")) for job in expand_sweep([f"experiment={name}"], params)}
+        for job in sorted(jobs):
+            to_typed(compose("config", overrides=list(job)))
     assert typed.experiment == name
 
 

@@ -6,6 +6,8 @@ import importlib.util
 
 import pytest
 
+# Tiny models on a shared or 2-core machine: one torch thread per process avoids oversubscription.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 FAST = ["experiment=ci_smoke", "variant=mha,k_eq_v", "seed=0", "train.steps=2", "train.eval_every=2", "data.val_size=32"]
 
 
@@ -31,6 +33,6 @@ def completed_runs(tmp_path) -> list[str]:
 )
 def test_launcher_runs_a_two_job_sweep(run_cli, tmp_path, plugin, launcher):
     needs(plugin)
-    out = run_cli("train", "-m", *FAST, *launcher)
+    out = run_cli("train", "-m", *FAST, *launcher, env_extra=ONE_THREAD)
     assert out.returncode == 0, out.stderr[-2000:]
     assert completed_runs(tmp_path) == ["k_eq_v", "mha"]

@@ -11,19 +11,21 @@ from qkvlab.analysis.plots import PLOTS
 from qkvlab.cli import CONF_DIR
 
 # ci_smoke, made smaller still: the test is about the plumbing, not the numbers.
+# Tiny models on a shared or 2-core machine: one torch thread per process avoids oversubscription.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 FAST = ["train.steps=4", "train.eval_every=2", "train.log_every=2", "data.val_size=32"]
 VARIANTS = sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml"))
 
 
 @pytest.mark.slow
 def test_ci_smoke_sweep_compare_and_rerun(run_cli, tmp_path):
-    first = run_cli("train", "-m", "experiment=ci_smoke", *FAST)
+    first = run_cli("train", "-m", "experiment=ci_smoke", *FAST, env_extra=ONE_THREAD)
     assert first.returncode == 0, first.stderr[-2000:]
     sweep = tmp_path / "outputs" / "ci_smoke"
     dirs = sorted(p for p in sweep.iterdir() if (p / "summary.json").exists())
     assert len(dirs) == 2 * len(VARIANTS)
 
-    shown = run_cli("compare", str(sweep))
+    shown = run_cli("compare", str(sweep), env_extra=ONE_THREAD)
     assert shown.returncode == 0, shown.stderr[-2000:]
     rows = {r["variant"]: r for r in csv.DictReader(open(sweep / "compare" / "compare.csv"))}
     assert sorted(rows) == VARIANTS
@@ -38,7 +40,7 @@ def test_ci_smoke_sweep_compare_and_rerun(run_cli, tmp_path):
     broken = dirs[0]
     summary = json.loads((broken / "summary.json").read_text())
     (broken / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
-    again = run_cli("train", "-m", "experiment=ci_smoke", *FAST)
+    again = run_cli("train", "-m", "experiment=ci_smoke", *FAST, env_extra=ONE_THREAD)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("skipped, already completed:") == len(dirs) - 1
     assert f"skipped, already completed: {broken}" not in again.stdout
@@ -46,7 +48,7 @@ def test_ci_smoke_sweep_compare_and_rerun(run_cli, tmp_path):
     assert sorted(p for p in sweep.iterdir() if (p / "summary.json").exists()) == dirs
 
     # A single run of the same config is the same directory.
-    single = run_cli("train", "experiment=ci_smoke", "variant=k_eq_v", "seed=1", *reversed(FAST))
+    single = run_cli("train", "experiment=ci_smoke", "variant=k_eq_v", "seed=1", *reversed(FAST), env_extra=ONE_THREAD)
     assert single.returncode == 0, single.stderr[-2000:]
     assert "skipped, already completed:" in single.stdout
     assert single.stdout.strip().split(": ", 1)[1] in {str(d) for d in dirs}
