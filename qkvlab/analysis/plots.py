@@ -66,6 +66,7 @@ def plot_tradeoff(c: Comparison, x_key: str, x_label: str, path: Path, log_x: bo
         labels.setdefault((round(x.mean, 6), round(y.mean, 6)), []).append(g.label)
     for (x, y), names in labels.items():  # variants that coincide (gqa = mqa on 4 heads) share one label
         ax.annotate(", ".join(names), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.margins(x=0.12, y=0.08)  # room for the labels
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(x_label)
