@@ -43,12 +43,10 @@ def start_cli(tmp_path):
     """Start `qkvlab ...` in the background (for tests that signal or kill it); returns the Popen."""
 
     def _start(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
-        env = qkvlab_env(tmp_path)
-        env.update(env_extra or {})
         return subprocess.Popen(
             [sys.executable, "-m", "qkvlab.cli", *args],
             cwd=tmp_path,
-            env=env,
+            env={**qkvlab_env(tmp_path), **(env_extra or {})},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

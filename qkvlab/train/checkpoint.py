@@ -194,15 +194,19 @@ def good_checkpoints(run_dir: Path, say=print) -> Iterator[tuple[Path, dict[str,
             say(f"qkvlab: checkpoint {path} is corrupt: {exc}; falling back to the previous one")
 
 
+def version_problem(what: str, version: int, fix: str) -> str | None:
+    """The one line for a file from another qkvlab format (checkpoints, run directories), or None."""
+    if version == FORMAT_VERSION:
+        return None
+    age = "an older" if version < FORMAT_VERSION else "a newer"
+    return f"{what} was written by {age} qkvlab (format {version}; qkvlab {__version__} reads format {FORMAT_VERSION}); {fix}"
+
+
 def check_resumable(payload: dict[str, Any], cfg: Config, path: Path) -> None:
     """Refuse a checkpoint from another format or another model, naming what differs."""
-    version = payload.get("format_version", 0)
-    if version != FORMAT_VERSION:
-        age = "an older" if version < FORMAT_VERSION else "a newer"
-        raise CheckpointError(
-            f"{path} was written by {age} qkvlab (checkpoint format {version}, this qkvlab {__version__} reads "
-            f"format {FORMAT_VERSION}); start fresh with train.resume=never or a new run directory"
-        )
+    problem = version_problem(f"checkpoint {path}", payload.get("format_version", 0), "start fresh with train.resume=never or a new run directory")
+    if problem:
+        raise CheckpointError(problem)
     missing = [k for k in _REQUIRED if k not in payload]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}; it cannot be resumed from, start with train.resume=never")

@@ -247,7 +247,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{st.last_train.get('train/loss', float('nan')):.4f}", val=f"{st.val['val/loss']:.4f}", refresh=False)
                 tick = time.perf_counter()
             bar.update(1)
-            preempted = stop is not None and stop.requested
+            preempted = stop is not None and stop.requested and done < t.steps
             if done % t.checkpoint_every == 0 or done == t.steps or preempted:
                 window_time += time.perf_counter() - tick
                 st.window_loss = float(window_loss)

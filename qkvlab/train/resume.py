@@ -28,6 +28,7 @@ from qkvlab.train.checkpoint import (
     check_resumable,
     good_checkpoints,
     read_checkpoint,
+    version_problem,
 )
 
 RUN_FILE = "run.json"
@@ -47,13 +48,9 @@ def read_run_file(run_dir: Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path} is unreadable ({exc}); delete it to start this run directory afresh") from exc
-    version = meta.get("format_version", 0)
-    if version != FORMAT_VERSION:
-        age = "an older" if version < FORMAT_VERSION else "a newer"
-        raise ConfigError(
-            f"run directory {run_dir} was written by {age} qkvlab (format {version}, this qkvlab {__version__} reads "
-            f"format {FORMAT_VERSION}); train in a new run directory"
-        )
+    problem = version_problem(f"run directory {run_dir}", meta.get("format_version", 0), "train in a new run directory")
+    if problem:
+        raise ConfigError(problem)
     return meta
 
 

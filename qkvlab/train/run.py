@@ -40,7 +40,7 @@ def make_sinks(cfg: Config, run_dir: Path, info: RunInfo, run_id: str | None = N
             )
         ]
     except Exception as exc:  # W&B is a view; metrics.jsonl keeps everything
-        print(f"qkvlab: W&B could not start ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); continuing with metrics.jsonl only")
+        print(f"qkvlab: W&B could not start ({error_line(exc)}); continuing with metrics.jsonl only", flush=True)
         return []
 
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
     [
         (None, "train.resume=nowhere/step_00000010.pt", "train.resume='nowhere/step_00000010.pt' is not a checkpoint file"),
         (None, "train.keep_checkpoints=0", "train.keep_checkpoints=0 is out of range"),
-        ("old_run_dir", "train.steps=5", "was written by an older qkvlab (format 0"),
+        ("old_run_dir", "train.steps=5", "was written by an older qkvlab (format 0;"),
     ],
 )
 def test_one_line_and_exit_2(tmp_path, run_cli, setup, override, expected):
