@@ -28,6 +28,8 @@ from qkvlab.train.checkpoint import (
     check_resumable,
     good_checkpoints,
     read_checkpoint,
+    step_checkpoints,
+    sum_path,
     version_problem,
 )
 
@@ -87,6 +89,15 @@ def clear_checkpoints(run_dir: Path) -> int:
     return removed
 
 
+def drop_checkpoints_after(run_dir: Path, step: int) -> None:
+    """Checkpoints past the resume point are damaged or from an abandoned attempt; left in place they
+    would take the newest slots of the rotation and be resumed from after the next crash."""
+    for s, p in step_checkpoints(run_dir):
+        if s > step:
+            p.unlink(missing_ok=True)
+            sum_path(p).unlink(missing_ok=True)
+
+
 def remove_temporaries(run_dir: Path) -> None:
     """Temporaries of a write that a SIGKILL cut short; the files they were to replace are intact."""
     for folder in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
@@ -111,6 +122,7 @@ def restore(trainer, cfg: Config, run_dir: Path, say: Callable[[str], None] = pr
             return _load(trainer, cfg, run_dir, path, payload, say)
         if (run_dir / METRICS).exists() and load_run(run_dir).metrics:
             say(f"qkvlab: no loadable checkpoint in {run_dir / CHECKPOINTS}; starting again from step 0")
+        drop_checkpoints_after(run_dir, -1)
         rewind_metrics(run_dir, 0)
         return None
     path = Path(mode)
@@ -130,6 +142,7 @@ def _load(trainer, cfg, run_dir, path, payload, say, source=None) -> Path:
             f"{path} is at step {step}, beyond train.steps={cfg.train.steps}; raise train.steps or use train.resume=never"
         )
     trainer.load_state_dict(payload, path)
+    drop_checkpoints_after(run_dir, step)
     rewind_metrics(run_dir, step, source)
     say(f"qkvlab: resuming from {path} (step {step} of {cfg.train.steps})")
     return path

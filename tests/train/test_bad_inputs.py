@@ -7,24 +7,32 @@ import json
 import pytest
 from trainrun import ENV, TINY  # tests/train/trainrun.py
 
-pytestmark = pytest.mark.slow
+from qkvlab.cli import main
 
 
 @pytest.mark.parametrize(
-    "setup, override, expected",
+    "override, expected",
     [
-        (None, "train.resume=nowhere/step_00000010.pt", "train.resume='nowhere/step_00000010.pt' is not a checkpoint file"),
-        (None, "train.keep_checkpoints=0", "train.keep_checkpoints=0 is out of range"),
-        ("old_run_dir", "train.steps=5", "was written by an older qkvlab (format 0;"),
+        ("train.resume=nowhere/step_00000010.pt", "train.resume='nowhere/step_00000010.pt' is not a checkpoint file"),
+        ("train.keep_checkpoints=0", "train.keep_checkpoints=0 is out of range"),
+        ("train.on_nonfinite=ignore", "train.on_nonfinite='ignore' is not valid; choose one of: skip, stop"),
     ],
 )
-def test_one_line_and_exit_2(tmp_path, run_cli, setup, override, expected):
-    if setup == "old_run_dir":
-        (tmp_path / "run").mkdir()
-        (tmp_path / "run" / "run.json").write_text(json.dumps({"wandb_id": "abc"}))
-    res = run_cli("train", *TINY, override, "hydra.run.dir=run", env_extra=ENV)
+def test_checked_before_any_job_starts(tmp_path, monkeypatch, capsys, override, expected):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *TINY, override])
+    assert exit_.value.code == 2
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("qkvlab: error: ") and expected in line
+
+
+@pytest.mark.slow
+def test_run_directory_from_an_older_version_is_left_alone(tmp_path, run_cli):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"wandb_id": "abc"}))
+    res = run_cli("train", *TINY, "train.steps=5", "hydra.run.dir=run", env_extra=ENV)
     assert res.returncode == 2
     line, = res.stderr.strip().splitlines()
-    assert line.startswith("qkvlab: error: ") and expected in line
-    if setup == "old_run_dir":
-        assert not (tmp_path / "run" / "summary.json").exists(), "an older run directory is left as it was"
+    assert "run directory" in line and "was written by an older qkvlab (format 0;" in line
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "run.json", "train.log"]
