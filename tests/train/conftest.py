@@ -1,4 +1,7 @@
-"""Shared pieces of the training subprocess tests: a tiny, fast run and its outputs."""
+"""Shared pieces of the training subprocess tests: a tiny, fast run and its outputs.
+
+Tests reach them through the `kit` fixture: importing a conftest by name breaks
+as soon as tests/ becomes a package."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -53,3 +57,10 @@ def wait_for_step(proc: subprocess.Popen, run_dir: Path, step: int, timeout: flo
         time.sleep(0.01)
     proc.kill()
     pytest.fail(f"no metrics row at step {step} within {timeout}s")
+
+
+@pytest.fixture
+def kit() -> SimpleNamespace:
+    return SimpleNamespace(
+        TINY=TINY, ENV=ENV, metrics=metrics, summary=summary, stable=stable, wait_for_step=wait_for_step
+    )
