@@ -69,3 +69,12 @@ def test_never_starts_fresh(run_dir):
 def test_a_checkpoint_beyond_train_steps_is_refused(run_dir):
     with pytest.raises(CheckpointError, match=r"at step 30, beyond train.steps=25"):
         restore(Trainer(tiny(steps=25), run_dir), tiny(steps=25), run_dir, say=lambda _: None)
+
+
+def test_a_checkpoint_from_another_run_brings_its_history(run_dir, tmp_path_factory):
+    target = tmp_path_factory.mktemp("continued")
+    cfg = tiny(resume=str(run_dir / "checkpoints" / "step_00000020.pt"))
+    trainer = Trainer(cfg, target)
+    restore(trainer, cfg, target, say=lambda _: None)
+    assert trainer.state.step == 20 and steps_in(target) == [5, 10, 15, 20]
+    assert [s for s, _ in step_checkpoints(run_dir)] == [30, 20, 10], "the source run is left as it was"
