@@ -26,9 +26,6 @@ from omegaconf import DictConfig
 from qkvlab.cli import describe_error, fail, full_errors
 from qkvlab.config import ConfigError, to_typed
 from qkvlab.track.metrics import MetricsWriter
-from qkvlab.train.checkpoint import CheckpointWriteError
-from qkvlab.train.loop import Diverged
-from qkvlab.train.run import error_line, run
 from qkvlab.train.signals import Preempted, exit_code
 from qkvlab.train.sweep_report import sweep_failed
 
@@ -49,6 +46,10 @@ def resume_command(run_dir: Path, multirun: bool) -> str:
 
 def classify(exc: BaseException, run_dir: Path) -> tuple[int, str]:
     """Exit code and the one line that says what went wrong."""
+    from qkvlab.train.checkpoint import CheckpointWriteError
+    from qkvlab.train.loop import Diverged
+    from qkvlab.train.run import error_line
+
     if isinstance(exc, ConfigError):
         return EXIT_BAD_INPUT, str(exc)
     if isinstance(exc, Diverged):
@@ -59,6 +60,8 @@ def classify(exc: BaseException, run_dir: Path) -> tuple[int, str]:
 
 
 def train_job(cfg: DictConfig) -> dict | None:
+    from qkvlab.train.run import run  # torch loads here, not for --help/--cfg
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
