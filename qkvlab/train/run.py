@@ -59,6 +59,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     trainer: Trainer | None = None
     writer: MetricsWriter | None = None
     meta = read_run_file(run_dir)  # before anything is written: a directory from another version stays as it is
+    run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with StopRequest() as stop:
             trainer = Trainer(cfg, run_dir)
