@@ -54,8 +54,8 @@ def run_id(config: dict[str, Any]) -> str:
     return f"{readable_name(config)}-{config_hash(config)}"
 
 
-def _job_config(root: DictConfig) -> dict[str, Any]:
-    # Resolving the hydra node here would recurse into the very key being resolved.
+def job_config(root: DictConfig) -> dict[str, Any]:
+    """The job's resolved config without the hydra node (resolving which would recurse into the run dir)."""
     return {
         key: OmegaConf.to_container(root[key], resolve=True) if OmegaConf.is_config(root[key]) else root[key]
         for key in root
@@ -64,7 +64,7 @@ def _job_config(root: DictConfig) -> dict[str, Any]:
 
 
 def _resolve_run_id(*, _root_: DictConfig) -> str:
-    return run_id(_job_config(_root_))
+    return run_id(job_config(_root_))
 
 
 if not OmegaConf.has_resolver("qkvlab_run_id"):
