@@ -13,7 +13,7 @@ from qkvlab.cli import CONF_DIR
 # ci_smoke, made smaller still: the test is about the plumbing, not the numbers.
 # Tiny models on a shared or 2-core machine: one torch thread per process avoids oversubscription.
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
-FAST = ["train.steps=4", "train.eval_every=2", "train.log_every=2", "data.val_size=32"]
+FAST = ["train.steps=4", "train.eval_every=2", "train.log_every=2", "train.checkpoint_every=2", "data.val_size=32"]
 VARIANTS = sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml"))
 
 
@@ -36,15 +36,20 @@ def test_ci_smoke_sweep_compare_and_rerun(run_cli, tmp_path):
     for variant in VARIANTS:
         assert f"\n{variant} " in shown.stdout
 
-    # A re-run skips what completed and redoes what did not.
+    # A re-run skips what completed and resumes what did not: here a job that died after step 2.
     broken = dirs[0]
     summary = json.loads((broken / "summary.json").read_text())
     (broken / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
+    for name in ("step_00000004.pt", "final.pt"):
+        for path in (broken / "checkpoints").glob(name + "*"):
+            path.unlink()
     again = run_cli("train", "-m", "experiment=ci_smoke", *FAST, env_extra=ONE_THREAD)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("skipped, already completed:") == len(dirs) - 1
     assert f"skipped, already completed: {broken}" not in again.stdout
-    assert json.loads((broken / "summary.json").read_text())["status"] == "completed"
+    assert f"resuming from {broken / 'checkpoints' / 'step_00000002.pt'} (step 2 of 4)" in again.stdout
+    resumed = json.loads((broken / "summary.json").read_text())
+    assert resumed["status"] == "completed" and resumed["val/loss"] == summary["val/loss"]  # resume is exact on CPU
     assert sorted(p for p in sweep.iterdir() if (p / "summary.json").exists()) == dirs
 
     # A single run of the same config is the same directory.
