@@ -20,6 +20,9 @@ USAGE = """usage: qkvlab <command> [args]
 
 commands:
   train     train a model (Hydra: qkvlab train --help lists the config groups)
+  eval      score a trained run at several context lengths; writes RUN_DIR/eval.json
+  generate  sample from a trained causal run with a KV cache
+  bench     step time, tokens/s, MFU, memory, prefill/decode speed and KV bytes per variant
 
 Run `qkvlab <command> --help` for a command's options."""
 
@@ -142,7 +145,44 @@ def train_command(args: list[str]) -> None:
     hydra_main(config_path=str(CONF_DIR))
 
 
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"train": train_command}
+def guarded(main: Callable[[list[str]], None], args: list[str]) -> None:
+    """Run a non-Hydra command; any error becomes one line (HYDRA_FULL_ERROR=1 keeps the traceback)."""
+    try:
+        main(args)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+    except Exception as exc:
+        if full_errors():
+            raise
+        fail(describe_error(exc), code=1)
+
+
+def eval_command(args: list[str]) -> None:
+    from qkvlab.infer.commands import eval_main
+
+    guarded(eval_main, args)
+
+
+def generate_command(args: list[str]) -> None:
+    from qkvlab.infer.commands import generate_main
+
+    guarded(generate_main, args)
+
+
+def bench_command(args: list[str]) -> None:
+    from qkvlab.bench.command import bench_main
+
+    guarded(bench_main, args)
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "train": train_command,
+    "eval": eval_command,
+    "generate": generate_command,
+    "bench": bench_command,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
