@@ -122,6 +122,22 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
     GlobalHydra.instance().clear()
 
 
+def compose_config(overrides: Sequence[str]) -> "Config":  # noqa: F821
+    """One typed, validated config from conf/ and overrides, as `train` would compose it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from qkvlab.config import register_configs, to_typed
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="compose"):
+            return to_typed(compose("config", overrides=list(overrides)))
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def train_command(args: list[str]) -> None:
     from hydra._internal.utils import get_args_parser
 

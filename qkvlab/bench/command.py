@@ -12,27 +12,12 @@ from typing import Any, Sequence
 
 import torch
 
-from qkvlab.config import Config, ConfigError
+from qkvlab.cli import compose_config
+from qkvlab.config import ConfigError
 
 DEFAULT_VARIANTS = "mha,k_eq_v,q_eq_k,q_eq_k_eq_v,gqa,k_eq_v_gqa,k_eq_v_mqa"
 # Bench needs causal data for decoding and no W&B run; the user's overrides come after.
 BASE_OVERRIDES = ("data=mqar", "logger=none")
-
-
-def compose_config(overrides: Sequence[str]) -> Config:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from qkvlab.cli import CONF_DIR
-    from qkvlab.config import register_configs, to_typed
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="bench"):
-            return to_typed(compose("config", overrides=list(overrides)))
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def _ints(text: str) -> tuple[int, ...]:
