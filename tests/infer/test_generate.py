@@ -3,15 +3,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from qkvlab.cli import CONF_DIR
 from qkvlab.infer.generate import Sampling, generate, next_token
 from qkvlab.model import build_model
-from qkvlab.cli import CONF_DIR, compose_config
+
+from tests.helpers import make_config
 
 VARIANTS = sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml"))
 
 
 def causal_cfg(variant: str):
-    return compose_config(["data=mqar", f"variant={variant}", "model.d_ff=128", "model.context=64"])
+    return make_config("data=mqar", f"variant={variant}", "model.d_ff=128", "model.context=64")
 
 
 CASES = [(v, Sampling(12, 0.0)) for v in VARIANTS] + [

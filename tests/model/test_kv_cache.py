@@ -5,16 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from qkvlab.cli import CONF_DIR, compose_config
+from qkvlab.cli import CONF_DIR
 from qkvlab.config import Config
 from qkvlab.model import build_model, kv_cache_bytes_per_token
 from qkvlab.model.kv_cache import KVCache
+
+from tests.helpers import make_config
 
 VARIANTS = sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml"))
 
 
 def causal_cfg(variant: str, *overrides: str) -> Config:
-    return compose_config(["data=mqar", f"variant={variant}", "model.d_ff=128", "model.context=64", *overrides])
+    return make_config("data=mqar", f"variant={variant}", "model.d_ff=128", "model.context=64", *overrides)
 
 
 CASES = [(v, "rope") for v in VARIANTS] + [("mha", "learned"), ("k_eq_v_gqa", "learned")]
