@@ -35,9 +35,14 @@ def eval_main(args: list[str]) -> None:
     print(format_report(evaluate_run(ns.run_dir, ns.overrides, ns.contexts)), flush=True)
 
 
+def run_tokenizer(data):
+    """The tokenizer a text run trained with (its token cache keeps it); None for synthetic data."""
+    return getattr(getattr(data, "tokens", None), "tokenizer", None)
+
+
 def parse_prompt(text: str, vocab_size: int, tokenizer) -> list[int]:
     if tokenizer is not None:
-        ids = tokenizer.encode(text)
+        ids = [int(i) for i in tokenizer.encode_batch([text])[0]]
     else:
         try:
             ids = [int(t) for t in text.replace(",", " ").split()]
@@ -77,7 +82,7 @@ def generate_main(args: list[str]) -> None:
     trained = load_trained(ns.run_dir, ns.overrides)
     if not trained.cfg.data.causal:
         raise ConfigError(f"data.task={trained.cfg.data.task} is bidirectional: it has no decoding; generate needs a causal run")
-    tokenizer = getattr(build_data(trained.cfg), "tokenizer", None)
+    tokenizer = run_tokenizer(build_data(trained.cfg))
     ids = parse_prompt(ns.prompt, trained.model.vocab_size, tokenizer)
     prompt = torch.tensor([ids] * ns.num_samples, device=trained.device)
     gen = torch.Generator(device=trained.device).manual_seed(ns.seed)
