@@ -11,7 +11,7 @@ import itertools
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MAX_PRECHECK_JOBS = 512
@@ -27,7 +27,7 @@ commands:
 Run `qkvlab <command> --help` for a command's options."""
 
 
-def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
+def fail(message: str, code: int = 2) -> NoReturn:
     print(f"qkvlab: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
 

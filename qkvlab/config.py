@@ -8,7 +8,9 @@ values that a schema cannot (ranges, choices, cross-field rules) and raises a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -21,6 +23,10 @@ MLPS = ("swiglu", "gelu")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+NONFINITE_POLICIES = ("skip", "stop")
+RESUME_MODES = ("auto", "never")
+# Bumped when checkpoints or run directories change in a way older code cannot read.
+FORMAT_VERSION = 1
 LOGGER_BACKENDS = ("wandb", "none")
 
 
@@ -75,6 +81,24 @@ class DataConfig:
     num_pairs: int = 8
     num_keys: int = 64
     num_values: int = 64
+    # Text corpora (task: text). Exactly one of `path` (local .txt/.jsonl/.parquet
+    # files or a directory of them) and `hub` (a Hugging Face dataset name).
+    path: Optional[str] = None
+    hub: Optional[str] = None
+    hub_config: Optional[str] = None
+    split: str = "train"
+    # The column that holds each document's text (.jsonl, .parquet and hub corpora).
+    text_field: str = "text"
+    streaming: bool = False
+    # "byte" (257 ids, no download), "bpe" (trained on the corpus, cached) or a hub tokenizer name (gpt2).
+    tokenizer: str = "byte"
+    bpe_vocab_size: int = 4096
+    # Validation tokens, held out from the end of the token stream; the same for every variant and seed.
+    val_tokens: int = 65536
+    # Stop reading the corpus after this many tokens (for streamed corpora); null reads it all.
+    max_tokens: Optional[int] = None
+    # Tokenizer processes; null picks one per core for large corpora.
+    num_proc: Optional[int] = None
 
 
 @dataclass
@@ -100,6 +124,14 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     progress: bool = True
+    # auto: continue from the run directory's latest good checkpoint; never: start
+    # fresh (old checkpoints removed); any other value: a checkpoint file to start from.
+    resume: str = "auto"
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    # Non-finite loss or gradients: skip the update (stop after max_nonfinite in a row) or stop at once.
+    on_nonfinite: str = "skip"
+    max_nonfinite: int = 10
 
 
 @dataclass
@@ -167,6 +199,18 @@ def n_kv_heads(cfg: Config) -> int:
     return m.n_heads // v.kv_group_size
 
 
+def check_resume(resume: str) -> None:
+    if resume in RESUME_MODES:
+        return
+    path = Path(resume)
+    if not path.is_file():
+        raise ConfigError(
+            f"train.resume={resume!r} is not a checkpoint file; give an existing .pt path, or auto / never"
+        )
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"train.resume={resume!r} is not readable; fix its permissions or pick another checkpoint")
+
+
 def validate(cfg: Config) -> None:
     from qkvlab.data import TASKS  # late import: data depends on config
     from qkvlab.model.attention import FAMILIES
@@ -219,8 +263,10 @@ def validate(cfg: Config) -> None:
     for key in ("beta1", "beta2"):
         if not 0 <= getattr(o, key) < 1:
             raise ConfigError(f"optim.{key}={getattr(o, key)} is out of range; it must be in [0, 1)")
-    for key in ("steps", "grad_accum", "eval_every", "log_every"):
+    for key in ("steps", "grad_accum", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
         _positive(getattr(t, key), f"train.{key}")
+    _choice(t.on_nonfinite, NONFINITE_POLICIES, "train.on_nonfinite")
+    check_resume(t.resume)
     from qkvlab.data import check_data
 
     check_data(cfg)

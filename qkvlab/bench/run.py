@@ -27,7 +27,7 @@ from qkvlab.model.flops import matmul_params, train_flops_per_token
 from qkvlab.model.kv_cache import KVCache, LayerKVCache
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.device import autocast, compute_dtype
-from qkvlab.train.loop import Trainer
+from qkvlab.train.loop import LoopState, Trainer
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,8 @@ def bench_training(cfg: Config, opts: BenchOptions, peak_flops: float) -> tuple[
         for r in range(opts.repeats):
             bare.append(median_seconds(lambda: [step() for _ in range(opts.steps)], dev, repeats=1, warmup=0))
             if opts.loop:
-                writer = MetricsWriter(Path(tmp) / f"loop{r}")
+                trainer.run_dir, trainer.state, trainer.last_checkpoint = Path(tmp) / f"loop{r}", LoopState(), None
+                writer = MetricsWriter(trainer.run_dir)
                 result = trainer.fit(writer)
                 writer.close()
                 loop.append(opts.steps * trainer.tokens_per_step / result["throughput/tokens_per_s"])

@@ -16,9 +16,10 @@ from omegaconf import OmegaConf
 from qkvlab.config import Config, ConfigError, to_typed
 from qkvlab.model import Transformer, build_model
 from qkvlab.rundir import Run, load_run
+from qkvlab.train.checkpoint import CHECKPOINTS, FINAL, CorruptCheckpoint, read_checkpoint
 from qkvlab.train.device import autocast, compute_dtype, pick_device, resolve_precision
 
-CHECKPOINT = Path("checkpoints") / "final.pt"
+CHECKPOINT = Path(CHECKPOINTS) / FINAL
 
 
 @dataclass
@@ -57,7 +58,10 @@ def load_trained(run_dir: Path | str, overrides: Sequence[str] = ()) -> TrainedR
     if not path.exists():
         raise ConfigError(f"{path} is missing; the run has not finished (status: {run.status})")
     device = pick_device(cfg.train.device)
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    try:
+        ckpt = read_checkpoint(path)
+    except CorruptCheckpoint as exc:
+        raise ConfigError(f"{path} is {exc}; re-run training or resume it to rewrite the checkpoint") from None
     model = build_model(cfg, ckpt["vocab_size"]).to(device)
     model.load_state_dict(ckpt["model"])
     model.eval()
