@@ -37,7 +37,8 @@ def eval_main(args: list[str]) -> None:
 
 def run_tokenizer(data):
     """The tokenizer a text run trained with (its token cache keeps it); None for synthetic data."""
-    return getattr(getattr(data, "tokens", None), "tokenizer", None)
+    tokens = getattr(data, "tokens", None)
+    return tokens.tokenizer() if tokens is not None else None
 
 
 def parse_prompt(text: str, vocab_size: int, tokenizer) -> list[int]:

@@ -50,3 +50,19 @@ def test_eval_of_a_missing_run_is_one_line(run_cli):
     out = run_cli("eval", "no/such/run")
     assert out.returncode != 0
     assert out.stderr.strip().splitlines() == ["qkvlab: error: run directory no/such/run does not exist"]
+
+
+@pytest.mark.slow
+def test_eval_and_generate_on_a_text_run(run_cli, tmp_path, shakespeare):
+    trained = run_cli(*TRAIN, "data=text", f"data.path={shakespeare}", "data.seq_len=32", "data.batch_size=8",
+                      "data.val_tokens=2048", "variant=k_eq_v", "train.steps=4", "train.eval_every=4", "hydra.run.dir=run")
+    assert trained.returncode == 0, trained.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    evaluated = run_cli("eval", "run", "--contexts", "32,64")
+    assert evaluated.returncode == 0, evaluated.stderr
+    rows = {r["context"]: r for r in json.loads((tmp_path / "run" / "eval.json").read_text())["results"]}
+    assert set(rows) == {32, 64}
+    assert rows[32]["val/ppl"] == pytest.approx(summary["val/ppl"], rel=1e-5)
+    out = run_cli("generate", "run", "--prompt", "ROMEO:", "--max-new-tokens", "12", "--seed", "0")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("ROMEO:") and len(out.stdout.rstrip("\n")) >= len("ROMEO:") + 1
