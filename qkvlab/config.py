@@ -20,6 +20,7 @@ SHARINGS = ("mha", "q_eq_k", "k_eq_v", "q_eq_k_eq_v")
 POSITIONS = ("rope", "learned", "none")
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "gelu")
+MATCH_MODES = ("none", "mlp", "layers")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -63,6 +64,9 @@ class ModelConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True
     init_std: float = 0.02
+    # Parameter-matched control (qkvlab/model/matching.py): give a variant the parameters its
+    # sharing saved, as a wider MLP (mlp) or more layers (layers), to match mha of this shape.
+    match_params: str = "none"
 
 
 @dataclass
@@ -221,6 +225,7 @@ def validate(cfg: Config) -> None:
     _choice(m.positions, POSITIONS, "model.positions")
     _choice(m.norm, NORMS, "model.norm")
     _choice(m.mlp, MLPS, "model.mlp")
+    _choice(m.match_params, MATCH_MODES, "model.match_params")
     _choice(d.task, tuple(TASKS), "data.task")
     _choice(t.device, DEVICES, "train.device")
     _choice(t.precision, PRECISIONS, "train.precision")

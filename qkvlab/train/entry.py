@@ -1,5 +1,11 @@
 """The Hydra job: one composed config in, one run directory out.
 
+Run directories are content-addressed (qkvlab/runname.py), so a job whose
+directory already holds a completed summary is skipped, and any other job
+resumes there (train.resume=auto): re-running a sweep only does the work that
+is missing. A directory named by hand (hydra.run.dir=...) is never skipped:
+its name does not say which config completed there.
+
 Exit codes of `qkvlab train` (a single run):
   0    completed
   1    failed while training (the error line is in summary.json)
@@ -23,8 +29,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from qkvlab.runname import job_config, run_id  # also registers ${qkvlab_run_id:} in every job's process
 from qkvlab.cli import describe_error, fail, full_errors
 from qkvlab.config import ConfigError, to_typed
+from qkvlab.rundir import load_run
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.signals import Preempted, exit_code
 from qkvlab.train.sweep_report import sweep_failed
@@ -59,11 +67,22 @@ def classify(exc: BaseException, run_dir: Path) -> tuple[int, str]:
     return EXIT_FAILED, f"{error_line(exc)} (run directory {run_dir}; HYDRA_FULL_ERROR=1 shows the traceback)"
 
 
-def train_job(cfg: DictConfig) -> dict | None:
+class JobResult(dict):
+    """A run's summary. Hydra's Optuna sweeper minimises `float(result)`: the final val loss."""
+
+    def __float__(self) -> float:
+        return float(self.get("val/loss", float("nan")))
+
+
+def train_job(cfg: DictConfig) -> JobResult | None:
     from qkvlab.train.run import run  # torch loads here, not for --help/--cfg
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    previous = load_run(run_dir)
+    if previous.finished and run_dir.name == run_id(job_config(cfg)):
+        print(f"skipped, already completed: {run_dir}", flush=True)
+        return JobResult(previous.summary)
     try:
         typed = to_typed(cfg)
     except Exception as exc:
@@ -71,7 +90,7 @@ def train_job(cfg: DictConfig) -> dict | None:
             raise
         return job_failed(run_dir, multirun, EXIT_BAD_INPUT, describe_error(exc))
     try:
-        return run(typed, run_dir)
+        return JobResult(run(typed, run_dir))
     except Preempted as exc:
         name = signal.Signals(exc.signum).name
         print(

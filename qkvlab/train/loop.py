@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from qkvlab.config import Config, ConfigError, as_dict
 from qkvlab.data import IGNORE, build_data
+from qkvlab.model.matching import match_report
 from qkvlab.model import AttentionSpec, attention_spec, build_model, count_params, kv_cache_bytes_per_token
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.checkpoint import check_shapes, mark_final, step_path, write_checkpoint
@@ -48,11 +49,14 @@ class RunInfo:
 
 def model_stats(cfg: Config, model, spec: AttentionSpec, precision: str) -> dict[str, Any]:
     dtype = compute_dtype(precision)
-    kv = kv_cache_bytes_per_token(spec, cfg.model.n_layers, dtype)
+    # The built model's layer count: a layer-matched control has more layers than configured.
+    n_layers = model.cfg.n_layers
+    kv = kv_cache_bytes_per_token(spec, n_layers, dtype)
     mha = AttentionSpec(**{**spec.__dict__, "sharing": "mha", "n_kv_heads": spec.n_heads})
-    kv_mha = kv_cache_bytes_per_token(mha, cfg.model.n_layers, dtype)
+    kv_mha = kv_cache_bytes_per_token(mha, n_layers, dtype)
     return {
         **count_params(model),
+        **match_report(cfg, model.cfg, model.vocab_size),
         "kv_cache/bytes_per_token": kv,
         "kv_cache/bytes_per_token_mha": kv_mha,
         "kv_cache/reduction_vs_mha": 1 - kv / kv_mha,

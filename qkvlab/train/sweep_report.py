@@ -2,10 +2,13 @@
 
 Read from the run directories (summary.json), so it works the same for every
 Hydra launcher, jobs run in other processes or on other machines included.
+The sweep directory (outputs/<experiment>) also holds the runs of earlier
+sweeps; this sweep's jobs are those Hydra wrote a config for since it began.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +33,21 @@ def failure_table(runs: list[Run], root: Path) -> str:
     return "\n".join(lines)
 
 
+def _written_since(run: Run, started: float) -> bool:
+    config = run.path / ".hydra" / "config.yaml"
+    return config.exists() and config.stat().st_mtime >= started
+
+
 class FailedJobsReport(Callback):
+    started = 0.0
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _failed.clear()
+        self.started = time.time() - 1.0  # file systems with coarse timestamps
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(config.hydra.sweep.dir).resolve()
-        runs = sorted(find_runs([root]), key=lambda r: str(r.path))
+        runs = sorted((r for r in find_runs([root]) if _written_since(r, self.started)), key=lambda r: str(r.path))
         bad = [r for r in runs if not r.finished]
         _failed[:] = bad
         if not bad:
