@@ -21,6 +21,9 @@ USAGE = """usage: qkvlab <command> [args]
 commands:
   train     train a model (Hydra: qkvlab train --help lists the config groups)
   compare   compare run directories: table, significance, plots (qkvlab compare --help)
+  eval      score a trained run at several context lengths; writes RUN_DIR/eval.json
+  generate  sample from a trained causal run with a KV cache
+  bench     step time, tokens/s, MFU, memory, prefill/decode speed and KV bytes per variant
 
 Run `qkvlab <command> --help` for a command's options."""
 
@@ -151,6 +154,22 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
     GlobalHydra.instance().clear()
 
 
+def compose_config(overrides: Sequence[str]) -> "Config":  # noqa: F821
+    """One typed, validated config from conf/ and overrides, as `train` would compose it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from qkvlab.config import register_configs, to_typed
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="compose"):
+            return to_typed(compose("config", overrides=list(overrides)))
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def _with_plugin_hint(message: str) -> str:
     """Launchers and sweepers are optional extras; say which one to install."""
     if message.startswith("hydra/launcher="):
@@ -183,13 +202,51 @@ def train_command(args: list[str]) -> None:
     hydra_main(config_path=str(CONF_DIR))
 
 
+def guarded(main: Callable[[list[str]], None], args: list[str]) -> None:
+    """Run a non-Hydra command; any error becomes one line (HYDRA_FULL_ERROR=1 keeps the traceback)."""
+    try:
+        main(args)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+    except Exception as exc:
+        if full_errors():
+            raise
+        fail(describe_error(exc), code=1)
+
+
+def eval_command(args: list[str]) -> None:
+    from qkvlab.infer.commands import eval_main
+
+    guarded(eval_main, args)
+
+
+def generate_command(args: list[str]) -> None:
+    from qkvlab.infer.commands import generate_main
+
+    guarded(generate_main, args)
+
+
+def bench_command(args: list[str]) -> None:
+    from qkvlab.bench.command import bench_main
+
+    guarded(bench_main, args)
+
+
 def compare_command(args: list[str]) -> None:
     from qkvlab.analysis.command import compare_command as run_compare
 
     run_compare(args)
 
 
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"train": train_command, "compare": compare_command}
+COMMANDS: dict[str, Callable[[list[str]], None]] = {
+    "train": train_command,
+    "compare": compare_command,
+    "eval": eval_command,
+    "generate": generate_command,
+    "bench": bench_command,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -12,7 +12,8 @@ count and the matmul FLOPs show the saving for real:
 
 Head sharing (GQA/MQA) gives K and V fewer heads than Q. With RoPE the shared
 tensor S is rotated to make keys (and queries when Q=K) while values stay
-unrotated S, so `k_eq_v` caches one tensor per KV head.
+unrotated S, so `k_eq_v` caches one tensor per KV head (see kv_cache.py):
+the decoding path re-rotates the cached S at attention time.
 
 Further attention families register themselves in `FAMILIES` by name; a
 variant config picks one with `variant.family`.
@@ -21,11 +22,14 @@ variant config picks one with `variant.family`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from qkvlab.model.kv_cache import LayerKVCache
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,17 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+def _decode_attention(q, k, v, start_pos: int, enable_gqa: bool) -> torch.Tensor:
+    """Causal attention of T new queries at start_pos.. over all cached keys 0..start_pos+T."""
+    T = q.shape[2]
+    if T == 1:
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=enable_gqa)
+    if start_pos == 0:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=enable_gqa)
+    mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=q.device).tril(diagonal=start_pos)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=enable_gqa)
+
+
 class SharedQKVAttention(nn.Module):
     def __init__(self, spec: AttentionSpec):
         super().__init__()
@@ -99,8 +114,14 @@ class SharedQKVAttention(nn.Module):
         return q, k, v
 
     def forward(
-        self, x: torch.Tensor, rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self,
+        x: torch.Tensor,
+        rope: Optional[tuple[torch.Tensor, torch.Tensor]] = None,
+        cache: Optional["LayerKVCache"] = None,
+        start_pos: int = 0,
     ) -> torch.Tensor:
+        if cache is not None:
+            return self.forward_cached(x, rope, cache, start_pos)
         B, T, _ = x.shape
         q, k, v = self.qkv_from(self.project(x), rope)
         y = F.scaled_dot_product_attention(
@@ -113,5 +134,28 @@ class SharedQKVAttention(nn.Module):
         )
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
+    def forward_cached(self, x, rope, cache, start_pos: int) -> torch.Tensor:
+        """Incremental decoding; `rope` covers positions 0..start_pos+T.
+
+        One cached tensor (`k_eq_v`, `q_eq_k_eq_v`) is the unrotated S: keys are
+        RoPE(S) recomputed here over the whole cache and values are S itself.
+        """
+        B, T, _ = x.shape
+        p = self.project(x)
+        new_rope = None if rope is None else (rope[0][start_pos:], rope[1][start_pos:])
+        if self.spec.cached_tensors == 2:
+            q, k, v = self.qkv_from(p, new_rope)
+            k, v = cache.update(start_pos, [k, v])
+        else:
+            (v,) = cache.update(start_pos, [p["k"]])
+            k = rotate(v, *rope) if rope is not None else v
+            if "q" in p:
+                q = rotate(p["q"], *new_rope) if rope is not None else p["q"]
+            else:
+                q = k[:, :, start_pos:]
+        y = _decode_attention(q, k, v, start_pos, self.spec.n_kv_heads != self.spec.n_heads)
+        return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
 
 FAMILIES: dict[str, Callable[[AttentionSpec], nn.Module]] = {"shared_qkv": SharedQKVAttention}
+

@@ -7,7 +7,7 @@ digit tasks); the data config decides through `causal`.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,9 @@ from torch import nn
 
 from qkvlab.config import Config, ModelConfig, n_kv_heads
 from qkvlab.model.attention import FAMILIES, AttentionSpec
+
+if TYPE_CHECKING:
+    from qkvlab.model.kv_cache import KVCache
 
 
 def make_norm(m: ModelConfig) -> nn.Module:
@@ -49,8 +52,11 @@ class Block(nn.Module):
         self.mlp = MLP(m)
         self.drop = nn.Dropout(m.dropout)
 
-    def forward(self, x: torch.Tensor, rope) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), rope))
+    def forward(self, x: torch.Tensor, rope, cache=None, start_pos: int = 0) -> torch.Tensor:
+        if cache is None:
+            x = x + self.drop(self.attn(self.norm1(x), rope))
+        else:
+            x = x + self.drop(self.attn(self.norm1(x), rope, cache, start_pos))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -93,15 +99,21 @@ class Transformer(nn.Module):
             return None
         return self.rope_cos[start : start + length], self.rope_sin[start : start + length]
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: Optional["KVCache"] = None, start_pos: int = 0) -> torch.Tensor:
+        """Logits for `idx`; with a `cache`, `idx` holds the tokens at start_pos.. and the cache the ones before."""
         T = idx.shape[1]
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(T, device=idx.device))
+            x = x + self.pos_emb(torch.arange(start_pos, start_pos + T, device=idx.device))
         x = self.drop(x)
-        rope = self.rope(0, T)
-        for block in self.blocks:
-            x = block(x, rope)
+        if cache is None:
+            rope = self.rope(0, T)
+            for block in self.blocks:
+                x = block(x, rope)
+        else:
+            rope = self.rope(0, start_pos + T)
+            for i, block in enumerate(self.blocks):
+                x = block(x, rope, cache[i], start_pos)
         return self.head(self.norm(x))
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+from pathlib import Path
 
 import torch
 
@@ -17,11 +19,41 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16_matmul() -> bool:
+    """Native bf16 matrix units (AMX or AVX512-BF16) behind oneDNN; without them CPU bf16
+    matmuls are emulated and many times slower than fp32."""
+    return torch.backends.mkldnn.is_available() and bool(cpu_flags() & set(BF16_CPU_FLAGS))
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
-    """`auto` is bf16 autocast on CUDA, fp32 elsewhere."""
+    """`auto` is bf16 autocast on CUDA and on CPUs with native bf16 matmuls, fp32 elsewhere."""
     if name != "auto":
         return name
-    return "bf16" if device.type == "cuda" else "fp32"
+    if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_matmul()):
+        return "bf16"
+    return "fp32"
+
+
+def configure_device(device: torch.device) -> None:
+    """TF32 matmuls on CUDA: fp32 parameters, tensor-core speed for what autocast leaves in fp32."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def compute_dtype(precision: str) -> torch.dtype:

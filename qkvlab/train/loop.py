@@ -12,7 +12,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from qkvlab.model.matching import match_report
 from qkvlab.model import AttentionSpec, attention_spec, build_model, count_params, kv_cache_bytes_per_token
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.checkpoint import check_shapes, mark_final, step_path, write_checkpoint
-from qkvlab.train.device import autocast, compute_dtype, pick_device, resolve_precision
+from qkvlab.train.device import autocast, compute_dtype, configure_device, pick_device, resolve_precision
 from qkvlab.train.evaluate import evaluate
 from qkvlab.train.optim import lr_at, make_optimizer
 from qkvlab.train.signals import Preempted, StopRequest
@@ -110,6 +110,7 @@ class Trainer:
         self.cfg, self.run_dir = cfg, Path(run_dir)
         seed_everything(cfg.seed)
         self.device = pick_device(cfg.train.device)
+        configure_device(self.device)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.amp = autocast(self.device, self.precision)
         self.data = build_data(cfg)
@@ -165,9 +166,13 @@ class Trainer:
         lr = lr_at(step, cfg.train.steps, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        return self.update(self.data.train_batch(step, micro) for micro in range(cfg.train.grad_accum))
+
+    def update(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, bool]:
+        """One optimizer step over grad_accum micro-batches: the bare model step bench times."""
+        cfg = self.cfg
         total = torch.zeros((), device=self.device)
-        for micro in range(cfg.train.grad_accum):
-            x, y = self.data.train_batch(step, micro)
+        for x, y in batches:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.amp:
                 logits = self.step_fn(x)

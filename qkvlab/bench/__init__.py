@@ -1,0 +1,1 @@
+"""`qkvlab bench`: what a variant costs to train and to serve, measured."""

@@ -1,0 +1,79 @@
+"""The FLOP/s an MFU figure is measured against.
+
+GPUs: dense tensor-core peaks from the vendors' datasheets (no sparsity),
+bf16 and fp32-via-TF32, matched on the device name. CPUs have no datasheet
+figure worth trusting, so their peak is measured: the best large matmul rate
+in the run's precision.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+# name fragment -> (bf16 FLOP/s, fp32/TF32 FLOP/s); longest fragment wins.
+ACCELERATOR_PEAKS: dict[str, tuple[float, float]] = {
+    "H200": (989e12, 494e12),
+    "H100 PCIe": (756e12, 378e12),
+    "H100": (989e12, 494e12),
+    "GH200": (989e12, 494e12),
+    "A100": (312e12, 156e12),
+    "A10G": (70e12, 35e12),
+    "A10": (125e12, 62.5e12),
+    "L40S": (362e12, 183e12),
+    "L4": (121e12, 60e12),
+    "RTX 4090": (165e12, 82.6e12),
+    "RTX 3090": (71e12, 35.6e12),
+    "V100": (125e12, 15.7e12),
+    "T4": (65e12, 8.1e12),
+}
+
+
+def accelerator_peak(name: str, precision: str) -> float | None:
+    for fragment in sorted(ACCELERATOR_PEAKS, key=len, reverse=True):
+        if fragment in name:
+            bf16, fp32 = ACCELERATOR_PEAKS[fragment]
+            return bf16 if precision == "bf16" else fp32
+    return None
+
+
+def measured_matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
+    """Best-of-repeats FLOP/s of an n x n matmul; the best, not the median, since
+    a peak is what the hardware can do when nothing else runs."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for i in range(repeats + 2):
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= 2:
+            best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def device_peak(device: torch.device, precision: str) -> tuple[float, str, str]:
+    """(FLOP/s, where the figure comes from, device name)."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = accelerator_peak(name, precision)
+        if peak is not None:
+            return peak, "datasheet", name
+        return measured_matmul_peak(device, dtype, n=4096), "measured matmul", name
+    name = cpu_name()
+    return measured_matmul_peak(device, dtype), "measured matmul", name
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"

@@ -1,0 +1,152 @@
+"""One variant's costs, measured in this process.
+
+Training: the bare model step (`Trainer.update` on a batch already on the
+device) against the full `Trainer.fit` loop (data, logging, progress bar,
+metrics), timed in alternating blocks so machine noise hits both alike.
+Inference: prefill and one-token decode through the KV cache at several
+context lengths, on a causal twin of the model (same shape, same speed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from qkvlab.bench.measure import median_seconds, peak_memory, synchronize
+from qkvlab.config import Config, validate
+from qkvlab.model import build_model, kv_cache_bytes_per_token
+from qkvlab.model.attention import AttentionSpec
+from qkvlab.model.flops import matmul_params, train_flops_per_token
+from qkvlab.model.kv_cache import KVCache, LayerKVCache
+from qkvlab.track.metrics import MetricsWriter
+from qkvlab.train.device import autocast, compute_dtype
+from qkvlab.train.loop import LoopState, Trainer
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    contexts: tuple[int, ...] = (512, 1024, 2048)
+    # Optimizer steps per timed block; blocks are repeated `repeats` times.
+    steps: int = 10
+    repeats: int = 3
+    warmup: int = 2
+    decode_tokens: int = 32
+    loop: bool = True
+
+
+def bench_training(cfg: Config, opts: BenchOptions, peak_flops: float) -> tuple[dict[str, Any], Trainer]:
+    # fit() validates at its end, outside the timed span; one batch keeps that wait short.
+    cfg = dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(cfg.train, steps=opts.steps),
+        data=dataclasses.replace(cfg.data, val_size=min(cfg.data.val_size, cfg.data.batch_size)),
+    )
+    with tempfile.TemporaryDirectory(prefix="qkvlab-bench-") as tmp:
+        trainer = Trainer(cfg, Path(tmp))
+        dev = trainer.device
+        batches = [
+            tuple(t.to(dev) for t in trainer.data.train_batch(0, micro)) for micro in range(cfg.train.grad_accum)
+        ]
+
+        def step() -> None:
+            trainer.update(batches)
+
+        t = time.perf_counter()
+        step()
+        synchronize(dev)
+        first_step_s = time.perf_counter() - t
+        for _ in range(opts.warmup):
+            step()
+        peak, _ = peak_memory(step, dev)
+        bare, loop = [], []
+        for r in range(opts.repeats):
+            bare.append(median_seconds(lambda: [step() for _ in range(opts.steps)], dev, repeats=1, warmup=0))
+            if opts.loop:
+                trainer.run_dir, trainer.state, trainer.last_checkpoint = Path(tmp) / f"loop{r}", LoopState(), None
+                writer = MetricsWriter(trainer.run_dir)
+                result = trainer.fit(writer)
+                writer.close()
+                loop.append(opts.steps * trainer.tokens_per_step / result["throughput/tokens_per_s"])
+    step_s = statistics.median(bare) / opts.steps
+    tokens_per_s = trainer.tokens_per_step / step_s
+    flops = train_flops_per_token(trainer.model, cfg.data.seq_len)
+    loop_step_s = statistics.median(loop) / opts.steps if loop else None
+    return {
+        "train/first_step_s": first_step_s,
+        "train/step_s": step_s,
+        "train/tokens_per_s": tokens_per_s,
+        "train/flops_per_token": flops,
+        "train/mfu": flops * tokens_per_s / peak_flops,
+        "train/peak_memory_bytes": peak,
+        "loop/step_s": loop_step_s,
+        "loop/tokens_per_s": trainer.tokens_per_step / loop_step_s if loop_step_s else None,
+        # From the fastest blocks: contention on a shared machine only ever adds time.
+        "loop/overhead": min(loop) / min(bare) - 1 if loop else None,
+        "tokens_per_step": trainer.tokens_per_step,
+        "params/matmul": matmul_params(trainer.model),
+    }, trainer
+
+
+def mha_twin(spec: AttentionSpec) -> AttentionSpec:
+    return dataclasses.replace(spec, sharing="mha", n_kv_heads=spec.n_heads)
+
+
+@torch.no_grad()
+def bench_inference(cfg: Config, vocab: int, device: torch.device, precision: str, opts: BenchOptions) -> dict[str, Any]:
+    causal = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, causal=True))
+    validate(causal)
+    model = build_model(causal, vocab).to(device).eval()
+    dtype, amp = compute_dtype(precision), autocast(device, precision)
+    contexts = [c for c in opts.contexts if c <= cfg.model.context] or [cfg.model.context]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    speeds: dict[str, dict[str, float]] = {}
+    for L in contexts:
+        prompt = torch.randint(0, vocab, (1, L), generator=gen).to(device)
+        n = min(opts.decode_tokens, L - 1)
+
+        def prefill() -> None:
+            with amp:
+                model(prompt, KVCache(model, 1, L, dtype), 0)
+
+        cache = KVCache(model, 1, L, dtype)
+        with amp:
+            model(prompt[:, : L - n], cache, 0)
+
+        def decode() -> None:
+            with amp:
+                for i in range(n):
+                    model(prompt[:, L - n + i : L - n + i + 1], cache, L - n + i)
+
+        prefill_s = median_seconds(prefill, device, opts.repeats, warmup=1)
+        decode_s = median_seconds(decode, device, opts.repeats, warmup=1)
+        speeds[str(L)] = {"prefill_tokens_per_s": L / prefill_s, "decode_tokens_per_s": n / decode_s}
+    L = contexts[-1]
+    measured = KVCache(model, 1, L, dtype).bytes_per_token()
+    mha = len(model.blocks) * LayerKVCache(mha_twin(model.spec), 1, L, device, dtype).nbytes / L
+    return {
+        "kv_cache/bytes_per_token": measured,
+        "kv_cache/bytes_per_token_closed_form": kv_cache_bytes_per_token(model.spec, len(model.blocks), dtype),
+        "kv_cache/ratio_vs_mha": measured / mha,
+        "inference": speeds,
+    }
+
+
+def bench_variant(cfg: Config, opts: BenchOptions, peak_flops: float) -> dict[str, Any]:
+    train, trainer = bench_training(cfg, opts, peak_flops)
+    infer = bench_inference(cfg, trainer.info.vocab_size, trainer.device, trainer.precision, opts)
+    return {
+        "variant": cfg.variant.name,
+        "sharing": cfg.variant.sharing,
+        "n_kv_heads": trainer.spec.n_kv_heads,
+        **{k: trainer.info.stats[k] for k in ("params/total", "params/attention")},
+        **train,
+        **infer,
+    }
+

@@ -1,0 +1,1 @@
+"""Using a trained run: load its checkpoint, evaluate it, sample from it."""

@@ -1,0 +1,88 @@
+"""`qkvlab eval`: a trained run's validation metrics at several context lengths.
+
+The study tracked how the gap between variants moves with context, so a text
+run is scored on its validation tokens cut into windows of each length. A
+synthetic task defines its own sequence length, so it is scored once, at it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+from qkvlab.config import Config, ConfigError, validate
+from qkvlab.data import build_data
+from qkvlab.data.synthetic import SYNTHETIC_TASKS
+from qkvlab.infer.load import TrainedRun, load_trained
+from qkvlab.track.metrics import write_json_atomic
+from qkvlab.train.evaluate import evaluate
+
+DEFAULT_CONTEXTS = (512, 1024, 2048)
+
+
+def eval_contexts(cfg: Config, requested: Sequence[int] | None) -> list[int]:
+    """Requested lengths, or the run's seq_len plus the defaults that fit the model's context."""
+    if cfg.data.task in SYNTHETIC_TASKS:
+        if requested and list(requested) != [cfg.data.seq_len]:
+            raise ConfigError(
+                f"--contexts: data.task={cfg.data.task} is defined at data.seq_len={cfg.data.seq_len} only; drop --contexts"
+            )
+        return [cfg.data.seq_len]
+    if requested:
+        too_long = [c for c in requested if c > cfg.model.context or c < 2]
+        if too_long:
+            raise ConfigError(
+                f"--contexts: {too_long[0]} is outside 2..model.context={cfg.model.context}; pick lengths up to the model's context"
+            )
+        return sorted(set(requested))
+    return sorted({cfg.data.seq_len, *(c for c in DEFAULT_CONTEXTS if c <= cfg.model.context)})
+
+
+def at_context(cfg: Config, seq_len: int) -> Config:
+    out = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=seq_len))
+    validate(out)
+    return out
+
+
+def evaluate_trained(trained: TrainedRun, contexts: Sequence[int]) -> list[dict[str, Any]]:
+    rows = []
+    for context in contexts:
+        data = build_data(at_context(trained.cfg, context))
+        metrics = evaluate(trained.model, data.val_batches(), trained.device, trained.amp(), data.exact_match)
+        rows.append({"context": context, **metrics})
+    return rows
+
+
+def evaluate_run(run_dir: Path | str, overrides: Sequence[str] = (), contexts: Sequence[int] | None = None) -> dict[str, Any]:
+    trained = load_trained(run_dir, overrides)
+    cfg = trained.cfg
+    rows = evaluate_trained(trained, eval_contexts(cfg, contexts))
+    report = {
+        "run": str(trained.run.path),
+        "variant": cfg.variant.name,
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "train_seq_len": cfg.data.seq_len,
+        "checkpoint_step": trained.step,
+        "device": str(trained.device),
+        "precision": trained.precision,
+        "overrides": list(overrides),
+        "results": rows,
+    }
+    write_json_atomic(trained.run.path / "eval.json", report)
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    keys = [k for k in ("val/loss", "val/ppl", "val/acc", "val/exact_match") if k in report["results"][0]]
+    header = f"{'context':>8}" + "".join(f"{k:>17}" for k in keys)
+    lines = [
+        f"qkvlab eval: {report['variant']} on {report['data']} (model {report['model']}, step {report['checkpoint_step']}, "
+        f"{report['precision']} on {report['device']})",
+        header,
+    ]
+    for row in report["results"]:
+        lines.append(f"{row['context']:>8}" + "".join(f"{row[k]:>17.4f}" for k in keys))
+    lines.append(f"  wrote {Path(report['run']) / 'eval.json'}")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""A trained run back in memory: its config (plus overrides), model and device.
+
+The config comes from the run's `.hydra/config.yaml` through `rundir`, the one
+run-directory reader; the weights from `checkpoints/final.pt`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from omegaconf import OmegaConf
+
+from qkvlab.config import Config, ConfigError, to_typed
+from qkvlab.model import Transformer, build_model
+from qkvlab.rundir import Run, load_run
+from qkvlab.train.checkpoint import CHECKPOINTS, FINAL, CorruptCheckpoint, read_checkpoint
+from qkvlab.train.device import autocast, compute_dtype, pick_device, resolve_precision
+
+CHECKPOINT = Path(CHECKPOINTS) / FINAL
+
+
+@dataclass
+class TrainedRun:
+    run: Run
+    cfg: Config
+    model: Transformer
+    device: torch.device
+    precision: str
+    step: int
+
+    def amp(self):
+        return autocast(self.device, self.precision)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return compute_dtype(self.precision)
+
+
+def run_config(run: Run, overrides: Sequence[str]) -> Config:
+    if not run.config:
+        raise ConfigError(f"{run.path} has no .hydra/config.yaml; pass a run directory written by qkvlab train")
+    bad = [o for o in overrides if "=" not in o or o.startswith(("+", "~"))]
+    if bad:
+        raise ConfigError(f"override '{bad[0]}' is not key=value; e.g. train.device=cpu data.batch_size=16")
+    merged = OmegaConf.merge(OmegaConf.create(run.config), OmegaConf.from_dotlist(list(overrides)))
+    return to_typed(merged)
+
+
+def load_trained(run_dir: Path | str, overrides: Sequence[str] = ()) -> TrainedRun:
+    run = load_run(run_dir)
+    if not run.path.is_dir():
+        raise ConfigError(f"run directory {run.path} does not exist")
+    cfg = run_config(run, overrides)
+    path = run.path / CHECKPOINT
+    if not path.exists():
+        raise ConfigError(f"{path} is missing; the run has not finished (status: {run.status})")
+    device = pick_device(cfg.train.device)
+    try:
+        ckpt = read_checkpoint(path)
+    except CorruptCheckpoint as exc:
+        raise ConfigError(f"{path} is {exc}; re-run training or resume it to rewrite the checkpoint") from None
+    model = build_model(cfg, ckpt["vocab_size"]).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return TrainedRun(run, cfg, model, device, resolve_precision(cfg.train.precision, device), ckpt["step"])

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qkvlab.bench.peaks import accelerator_peak
+
+VARIANT_FIELDS = {
+    "variant", "sharing", "n_kv_heads", "params/total", "params/attention", "params/matmul", "tokens_per_step",
+    "train/first_step_s", "train/step_s", "train/tokens_per_s", "train/flops_per_token", "train/mfu",
+    "train/peak_memory_bytes", "loop/step_s", "loop/tokens_per_s", "loop/overhead",
+    "kv_cache/bytes_per_token", "kv_cache/bytes_per_token_closed_form", "kv_cache/ratio_vs_mha", "inference",
+}
+TOP_FIELDS = {
+    "created", "device", "device_name", "threads", "cpu_count", "torch", "precision", "compile", "peak_flops",
+    "peak_flops_source", "model", "shape", "data", "seq_len", "batch_size", "overrides", "timing", "variants",
+}
+
+
+@pytest.mark.slow
+def test_bench_on_tiny_writes_every_field(run_cli, tmp_path):
+    out = run_cli(
+        "bench", "--variants", "mha,k_eq_v_mqa", "--steps", "2", "--repeats", "1", "--warmup", "0",
+        "--decode-tokens", "2", "--contexts", "16,32", "--out", "bench.json",
+        "train.device=cpu", "train.progress=false", "data.batch_size=8", "data.val_size=8",
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert set(report) == TOP_FIELDS
+    assert report["peak_flops"] > 0 and report["peak_flops_source"] == "measured matmul"
+    mha, mqa = report["variants"]
+    for row in (mha, mqa):
+        assert set(row) == VARIANT_FIELDS
+        assert all(row[k] is not None for k in VARIANT_FIELDS), row
+        assert set(row["inference"]) == {"16", "32"}
+        assert all(v > 0 for speeds in row["inference"].values() for v in speeds.values())
+        assert row["kv_cache/bytes_per_token"] == row["kv_cache/bytes_per_token_closed_form"]
+        assert 0 < row["train/mfu"] < 1
+    assert mha["kv_cache/ratio_vs_mha"] == 1.0
+    assert mqa["kv_cache/ratio_vs_mha"] == 1 / (2 * 4)
+    assert mqa["train/flops_per_token"] < mha["train/flops_per_token"]
+    assert "k_eq_v_mqa" in out.stdout and "decode@32" in out.stdout
+
+
+def test_bench_rejects_variant_override_in_one_line(run_cli):
+    out = run_cli("bench", "variant=k_eq_v")
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines() == [
+        "qkvlab: error: pick variants with --variants mha,k_eq_v,... rather than variant=..."
+    ]
+
+
+def test_accelerator_peaks_match_the_most_specific_name():
+    assert accelerator_peak("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert accelerator_peak("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert accelerator_peak("NVIDIA A10G", "fp32") == 35e12
+    assert accelerator_peak("Some Future GPU", "bf16") is None
