@@ -67,9 +67,19 @@ class AttentionSpec:
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding (rotate-half form) on (B, H, T, D)."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    """Rotary position embedding (rotate-half form) on (B, H, T, D).
+
+    Without autograd (decoding re-rotates the whole cached S of `k_eq_v` every
+    step) it writes in place into one new tensor: half the memory traffic.
+    """
+    h = x.shape[-1] // 2
+    if torch.is_grad_enabled() and x.requires_grad:
+        x1, x2 = x[..., :h], x[..., h:]
+        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    out = x * cos
+    out[..., :h].addcmul_(x[..., h:], sin[..., :h], value=-1)
+    out[..., h:].addcmul_(x[..., :h], sin[..., h:])
+    return out
 
 
 def _decode_attention(q, k, v, start_pos: int, enable_gqa: bool) -> torch.Tensor:
