@@ -20,6 +20,7 @@ USAGE = """usage: qkvlab <command> [args]
 
 commands:
   train     train a model (Hydra: qkvlab train --help lists the config groups)
+  scaling   fit loss against compute per variant; compute multipliers and gap plots
 
 Run `qkvlab <command> --help` for a command's options."""
 
@@ -142,7 +143,13 @@ def train_command(args: list[str]) -> None:
     hydra_main(config_path=str(CONF_DIR))
 
 
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"train": train_command}
+def scaling_command(args: list[str]) -> None:
+    from qkvlab.analysis.scaling import scaling_command as run
+
+    run(args)
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {"train": train_command, "scaling": scaling_command}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
