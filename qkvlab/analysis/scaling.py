@@ -156,6 +156,9 @@ def ladder_text(rep: LadderReport, ladder: Slice) -> str:
         else "no intervals: with one seed per rung they need two or more seeds per rung, or four or more rungs"
     )
     out = [f"Ladder ({fixed}): L(C) = E + A * C^-alpha, C = training FLOPs; {ci_note}.", ""]
+    if min(len(f.rungs) for f in rep.fits.values()) == MIN_POINTS:
+        out[-1:] = ["Three rungs fix three constants exactly: nothing checks the law, so treat the 10x/100x columns "
+                    "as a guess until more rungs are run.", ""]
     out.append(_table(
         ["variant", "rungs", "E", "A", "alpha"],
         [[v, str(len(f.rungs)), _with_ci(f.law.E, f.constant_interval("E")), _with_ci(f.law.A, f.constant_interval("A")),
