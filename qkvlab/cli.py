@@ -11,7 +11,7 @@ import itertools
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 MAX_PRECHECK_JOBS = 512
@@ -25,7 +25,7 @@ commands:
 Run `qkvlab <command> --help` for a command's options."""
 
 
-def fail(message: str, code: int = 2) -> "NoReturn":  # noqa: F821
+def fail(message: str, code: int = 2) -> NoReturn:
     print(f"qkvlab: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
 
@@ -36,8 +36,8 @@ def full_errors() -> bool:
 
 def describe_error(exc: BaseException) -> str:
     """One line from a Hydra/OmegaConf/qkvlab error: the key, the problem, the choices."""
-    from hydra.errors import MissingConfigException
-    from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     from qkvlab.config import ConfigError
 
@@ -47,6 +47,8 @@ def describe_error(exc: BaseException) -> str:
     while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)
     for err in chain:
+        if isinstance(err, OverrideParseException):
+            return f"cannot parse an override ({str(err).splitlines()[0]}); write overrides as key=value or group=option"
         if isinstance(err, ConfigError):
             return str(err)
         if isinstance(err, MissingConfigException):
@@ -55,7 +57,7 @@ def describe_error(exc: BaseException) -> str:
             if group and err.options is not None:
                 return f"{group}={option} is not a known option; choose one of: {', '.join(sorted(err.options))}"
             return str(err).splitlines()[0]
-        if isinstance(err, ConfigKeyError) and getattr(err, "full_key", None):
+        if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and getattr(err, "full_key", None):
             parent = err.full_key.rpartition(".")[0]
             known = _known_keys(parent)
             hint = f"; known keys{' in ' + parent if parent else ''}: {', '.join(known)}" if known else ""

@@ -10,10 +10,11 @@ from omegaconf import DictConfig
 
 from qkvlab.cli import describe_error, fail, full_errors
 from qkvlab.config import ConfigError, to_typed
-from qkvlab.train.run import error_line, run
 
 
 def train_job(cfg: DictConfig) -> dict:
+    from qkvlab.train.run import error_line, run  # torch loads here, not for --help/--cfg
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         typed = to_typed(cfg)

@@ -1,0 +1,55 @@
+"""The CLI end to end, in subprocesses, as a user runs it."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+TINY = ["model=tiny", "train.steps=40", "train.eval_every=20", "train.log_every=10"]
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.rglob("summary.json"))
+
+
+def test_single_run_writes_run_directory_and_learns(run_cli, tmp_path):
+    proc = run_cli("train", "logger=none", *TINY)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = _run_dirs(tmp_path / "outputs")
+    rows = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r["train/loss"] for r in rows if "train/loss" in r]
+    assert train[-1] < train[0]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 40
+    assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "checkpoints" / "final.pt").exists()
+    assert "val ppl" in proc.stdout and str(run_dir.name) in proc.stdout
+    assert "step" in proc.stderr  # the tqdm bar
+
+
+def test_multirun_over_four_variants_gives_four_runs(run_cli, tmp_path):
+    proc = run_cli("train", "-m", "variant=mha,q_eq_k,k_eq_v,q_eq_k_eq_v", "logger=none", *TINY, "train.progress=false")
+    assert proc.returncode == 0, proc.stderr
+    runs = _run_dirs(tmp_path / "outputs" / "sweeps")
+    variants = sorted(json.loads((r / "summary.json").read_text())["variant"] for r in runs)
+    assert variants == ["k_eq_v", "mha", "q_eq_k", "q_eq_k_eq_v"]
+    params = {json.loads((r / "summary.json").read_text())["variant"]: json.loads((r / "summary.json").read_text())["params/attention"] for r in runs}
+    assert params["mha"] > params["k_eq_v"] > params["q_eq_k_eq_v"]
+
+
+def test_wandb_offline_run_holds_val_ppl(run_cli, tmp_path):
+    proc = run_cli("train", "logger=wandb", "logger.mode=auto", *TINY, "train.progress=false")
+    assert proc.returncode == 0, proc.stderr
+    assert "W&B is offline" in proc.stdout and "wandb sync" in proc.stdout
+    (run_file,) = list((tmp_path / "outputs").rglob("offline-run-*/run-*.wandb"))
+    blob = run_file.read_bytes()
+    assert b"val/ppl" in blob and b"k_eq_v" not in blob[:0]
+    assert b"mha-sort-s0" in blob  # the run name carries variant, task and seed
+
+
+def test_help_lists_groups_and_cfg_prints_config(run_cli):
+    help_out = run_cli("train", "--help").stdout
+    assert "variant: gqa, k_eq_v, k_eq_v_gqa, k_eq_v_mqa, mha, mqa, q_eq_k, q_eq_k_eq_v" in help_out
+    assert "model: " in help_out and "paper_300m" in help_out
+    cfg_out = run_cli("train", "--cfg", "job", "variant=k_eq_v").stdout
+    assert "sharing: k_eq_v" in cfg_out

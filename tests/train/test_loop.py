@@ -1,0 +1,41 @@
+import json
+
+from qkvlab.train.run import run
+
+from tests.helpers import make_config
+
+FAST = ("logger=none", "train.steps=60", "train.eval_every=30", "train.log_every=10", "train.progress=false")
+
+
+def _losses(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_same_seed_same_losses_and_loss_goes_down(tmp_path):
+    a = run(make_config(*FAST), tmp_path / "a")
+    b = run(make_config(*FAST), tmp_path / "b")
+    la, lb = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("throughput")} for r in rows]
+    assert strip(la) == strip(lb)
+    assert a["val/loss"] == b["val/loss"]
+    train = [r["train/loss"] for r in la if "train/loss" in r]
+    assert train[-1] < 0.8 * train[0]
+
+
+def test_summary_holds_the_contract(tmp_path):
+    s = run(make_config(*FAST, "variant=k_eq_v_gqa", "model.n_heads=8"), tmp_path)
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["status"] == "completed"
+    for key in ("val/loss", "val/ppl", "val/acc", "val/exact_match", "best/val/loss", "best/val/ppl",
+                "params/total", "params/attention", "kv_cache/bytes_per_token", "kv_cache/reduction_vs_mha",
+                "throughput/tokens_per_s", "tokens", "wall_time_s", "precision", "device"):
+        assert key in on_disk, key
+    assert on_disk["kv_cache/reduction_vs_mha"] == 0.875
+    assert on_disk["tokens"] == 60 * 64 * 32
+    assert (tmp_path / "checkpoints" / "final.pt").exists()
+    assert s["val/ppl"] > 1.0
+
+
+def test_grad_accumulation_matches_the_step_count(tmp_path):
+    s = run(make_config(*FAST, "train.grad_accum=2"), tmp_path)
+    assert s["tokens"] == 60 * 2 * 64 * 32
