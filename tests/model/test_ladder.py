@@ -1,18 +1,19 @@
 """The scaling ladder's model presets follow their one documented rule and span 0.03M-100M."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from qkvlab.config import Config, DataConfig, ModelConfig, register_configs
 from qkvlab.model import build_model
 from qkvlab.model.flops import matmul_params
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+from qkvlab.cli import CONF_DIR as CONF
+
 RUNGS = sorted(CONF.glob("model/ladder_*.yaml"), key=lambda p: int(p.stem.split("_")[1]))
 
 
@@ -38,6 +39,7 @@ def test_every_rung_follows_the_rule_and_sizes_grow_from_0_1m_to_100m():
 )
 def test_experiment_presets_compose_and_sweep(preset, swept, tpp):
     register_configs()
+    GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True)
     assert cfg.experiment == preset and cfg.train.tokens_per_param == tpp
