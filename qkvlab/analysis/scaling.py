@@ -81,7 +81,8 @@ def check_rungs(ladder: Slice, variants: Sequence[str]) -> None:
         done = {p.model for p in mine if p.finished}
         if len(done) >= MIN_POINTS:
             continue
-        statuses = {p.model: p.status for p in mine if not p.finished}
+        statuses = {p.model: p.status if p.status != "completed" else "no loss or compute/flops in summary.json"
+                    for p in mine if not p.finished}
         missing = [f"{m} ({statuses.get(m, 'no run')})" for m in expected if m not in done]
         short.append(f"{v} has {len(done)}" + (f", missing {', '.join(missing)}" if missing else ", and no other rung was run"))
     if short:
