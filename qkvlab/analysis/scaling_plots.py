@@ -25,9 +25,11 @@ SIZE = (6.4, 4.2)
 AXIS_LABEL = {"tokens_per_param": "tokens per parameter", "seq_len": "context length (tokens)"}
 
 
-def _colors(variants) -> dict[str, tuple]:
+def _colors(variants, baseline: str) -> dict[str, tuple]:
+    """The baseline in black, the others in tab10 order."""
     cmap = plt.get_cmap("tab10")
-    return {v: cmap(i % 10) for i, v in enumerate(sorted(variants))}
+    others = [v for v in sorted(variants) if v != baseline]
+    return {baseline: (0.0, 0.0, 0.0, 1.0), **{v: cmap(i % 10) for i, v in enumerate(others)}}
 
 
 def _save(fig, path: Path) -> Path:
@@ -45,7 +47,7 @@ def _curve_span(rep) -> tuple[np.ndarray, float]:
 
 def loss_vs_compute(rep, path: Path) -> Path:
     grid, hi = _curve_span(rep)
-    colors = _colors(rep.fits)
+    colors = _colors(rep.fits, rep.baseline)
     fig, ax = plt.subplots(figsize=SIZE)
     for v, f in rep.fits.items():
         c = np.array([r.compute for r in f.rungs])
@@ -68,7 +70,7 @@ def loss_vs_compute(rep, path: Path) -> Path:
 def gap_vs_compute(rep, path: Path) -> Path:
     grid, hi = _curve_span(rep)
     base = rep.fits[rep.baseline].law
-    colors = _colors(rep.fits)
+    colors = _colors(rep.fits, rep.baseline)
     fig, ax = plt.subplots(figsize=SIZE)
     ax.axhline(0, color="black", lw=0.8)
     for v, f in rep.fits.items():
@@ -137,7 +139,7 @@ def eval_gap_curve(sl: Slice, variant: str, baseline: str, metric: str) -> tuple
 
 
 def gap_along(sl: Slice, gaps: dict[str, dict], baseline: str, metric: str, path: Path) -> Path:
-    colors = _colors(sl.variants())
+    colors = _colors(sl.variants(), baseline)
     fig, ax = plt.subplots(figsize=SIZE)
     ax.axhline(0, color="black", lw=0.8)
     for v, g in gaps.items():
