@@ -26,6 +26,8 @@ from qkvlab.analysis.scaling_data import Point, Slice, to_point, widest_slice
 from qkvlab.rundir import find_runs
 
 EXTRAPOLATE = (10, 100)
+# E below this fraction of the lowest loss counts as pinned to its lower bound (0).
+FLOOR_AT_BOUND = 1e-6
 
 
 class ScalingError(ValueError):
@@ -158,8 +160,12 @@ def ladder_text(rep: LadderReport, ladder: Slice) -> str:
     )
     out = [f"Ladder ({fixed}): L(C) = E + A * C^-alpha, C = training FLOPs; {ci_note}.", ""]
     if min(len(f.rungs) for f in rep.fits.values()) == MIN_POINTS:
-        out[-1:] = ["Three rungs fix three constants exactly: nothing checks the law, so treat the 10x/100x columns "
-                    "as a guess until more rungs are run.", ""]
+        out[-1:] = ["Three rungs for three constants leave no rung to check the law against: treat the 10x/100x "
+                    "columns as a guess until more rungs are run.", ""]
+    floored = [v for v, f in rep.fits.items() if f.law.E <= FLOOR_AT_BOUND * min(r.loss for r in f.rungs)]
+    if floored:
+        out[-1:] = [f"E sits at its bound 0 for {', '.join(floored)}: loss falls faster with compute at the larger "
+                    "rungs than a saturating law allows (typical of under-trained runs), so the law fits poorly.", ""]
     out.append(_table(
         ["variant", "rungs", "E", "A", "alpha"],
         [[v, str(len(f.rungs)), _with_ci(f.law.E, f.constant_interval("E")), _with_ci(f.law.A, f.constant_interval("A")),

@@ -1,9 +1,10 @@
 """PNG plots for `qkvlab scaling`, and the loss gaps along tokens-per-parameter and context.
 
 Gaps are delta % loss against the baseline: 100 * (L_variant / L_baseline - 1),
-so +3 means 3% worse. Along compute the gap is taken at equal compute (the
-baseline's fitted law at the variant's compute); along tokens per parameter and
-context it is taken at equal setting, means over seeds.
+so +3 means 3% worse. Along compute the gap is taken at equal compute: the fits'
+ratio as a line, and each run against the baseline's runs interpolated (log-log)
+to its compute as a dot, so a poor fit cannot hide in the dots. Along tokens per
+parameter and context it is taken at equal setting, means over seeds.
 """
 
 from __future__ import annotations
@@ -67,9 +68,20 @@ def loss_vs_compute(rep, path: Path) -> Path:
     return _save(fig, path)
 
 
+def loglog_interp(x: np.ndarray, xs: list[float], ys: list[float]) -> np.ndarray:
+    """Piecewise power law through the points, the end segments extended: the baseline's runs
+    at a compute between (or just beyond) its rungs, without trusting its fit."""
+    lx, ly = np.log(np.asarray(xs)), np.log(np.asarray(ys))
+    seg = np.clip(np.searchsorted(lx, np.log(x)) - 1, 0, len(lx) - 2)
+    slope = (ly[seg + 1] - ly[seg]) / (lx[seg + 1] - lx[seg])
+    return np.exp(ly[seg] + slope * (np.log(x) - lx[seg]))
+
+
 def gap_vs_compute(rep, path: Path) -> Path:
     grid, hi = _curve_span(rep)
     base = rep.fits[rep.baseline].law
+    rungs = rep.fits[rep.baseline].rungs
+    base_runs = lambda c: loglog_interp(c, [r.compute for r in rungs], [r.loss for r in rungs])  # noqa: E731
     colors = _colors(rep.fits, rep.baseline)
     fig, ax = plt.subplots(figsize=SIZE)
     ax.axhline(0, color="black", lw=0.8)
@@ -81,8 +93,8 @@ def gap_vs_compute(rep, path: Path) -> Path:
         ax.plot(grid[inside], fitted[inside], "-", color=colors[v], label=f"{v} (fits)")
         ax.plot(grid[~inside], fitted[~inside], "--", color=colors[v])
         c = np.array([r.compute for r in f.rungs])
-        observed = 100 * (np.array([r.loss for r in f.rungs]) / base.loss(c) - 1)
-        ax.plot(c, observed, "o", color=colors[v], ms=4, label=f"{v} (runs vs {rep.baseline} fit)")
+        observed = 100 * (np.array([r.loss for r in f.rungs]) / base_runs(c) - 1)
+        ax.plot(c, observed, "o", color=colors[v], ms=4, label=f"{v} (runs vs {rep.baseline}'s runs)")
     ax.set_xscale("log")
     ax.set_xlabel("training compute C (FLOPs)")
     ax.set_ylabel(f"Δ% loss vs {rep.baseline} at equal compute")
