@@ -75,6 +75,24 @@ class DataConfig:
     num_pairs: int = 8
     num_keys: int = 64
     num_values: int = 64
+    # Text corpora (task: text). Exactly one of `path` (local .txt/.jsonl/.parquet
+    # files or a directory of them) and `hub` (a Hugging Face dataset name).
+    path: Optional[str] = None
+    hub: Optional[str] = None
+    hub_config: Optional[str] = None
+    split: str = "train"
+    # The column that holds each document's text (.jsonl, .parquet and hub corpora).
+    text_field: str = "text"
+    streaming: bool = False
+    # "byte" (257 ids, no download), "bpe" (trained on the corpus, cached) or a hub tokenizer name (gpt2).
+    tokenizer: str = "byte"
+    bpe_vocab_size: int = 4096
+    # Validation tokens, held out from the end of the token stream; the same for every variant and seed.
+    val_tokens: int = 65536
+    # Stop reading the corpus after this many tokens (for streamed corpora); null reads it all.
+    max_tokens: Optional[int] = None
+    # Tokenizer processes; null picks one per core for large corpora.
+    num_proc: Optional[int] = None
 
 
 @dataclass

@@ -16,10 +16,16 @@ def options(group: str) -> list[str]:
 
 
 @pytest.mark.parametrize("variant", options("variant"))
+def test_every_variant_composes(variant):
+    assert make_config(f"variant={variant}").variant.name == variant
+
+
 @pytest.mark.parametrize("data", options("data"))
-def test_every_variant_and_task_composes(variant, data):
-    cfg = make_config(f"variant={variant}", f"data={data}")
-    assert cfg.variant.name == variant
+def test_every_data_preset_composes(data, tmp_path):
+    local = tmp_path / "corpus.txt"
+    local.write_text("data=text needs a corpus to validate\n")
+    cfg = make_config(f"data={data}", *([f"data.path={local}"] if data == "text" else []))
+    assert cfg.data.name == data
 
 
 @pytest.mark.parametrize("model", options("model"))

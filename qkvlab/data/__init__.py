@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from qkvlab.data.source import IGNORE, Batch, DataSource
 from qkvlab.data.synthetic import SYNTHETIC_TASKS, SyntheticTask, check_synthetic
+from qkvlab.data.text import TextData, check_text
 
-TASKS = {name: SyntheticTask for name in SYNTHETIC_TASKS}
+TASKS = {**{name: SyntheticTask for name in SYNTHETIC_TASKS}, "text": TextData}
 
 
 def check_data(cfg) -> None:
     """Task-specific value checks, run at start-up by `config.validate`."""
     if cfg.data.task in SYNTHETIC_TASKS:
         check_synthetic(cfg.data)
+    elif cfg.data.task == "text":
+        check_text(cfg.data)
 
 
 def build_data(cfg) -> DataSource:

@@ -1,0 +1,206 @@
+"""Where the documents come from: one `datasets.load_dataset` path for hub and local corpora.
+
+A hub corpus is `load_dataset(data.hub, data.hub_config, split=...)`; local files
+go through the library's own builders (`text`, `json`, `parquet`) with
+`data_files`, so both are read, streamed and cached the same way. A .txt file
+is one document (packing separates documents, not lines); a .jsonl/.parquet
+row, or a hub row, is one document.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+from qkvlab.config import ConfigError, DataConfig
+
+BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+REPLACEMENT = "\ufffd"
+_REPLACEMENT_BYTES = REPLACEMENT.encode()
+# Long documents are handed to the tokenizer in pieces of about this many characters.
+PIECE_CHARS = 1 << 18
+
+
+def local_files(path: str) -> list[Path]:
+    """The corpus files named by data.path (a file, or a directory searched recursively)."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise ConfigError(f"data.path={path} does not exist; point data.path at a .txt, .jsonl or .parquet file or a directory of them")
+    if root.is_file():
+        if root.suffix.lower() not in BUILDERS:
+            raise ConfigError(f"data.path={path} has an unsupported type '{root.suffix}'; use one of: {', '.join(sorted(BUILDERS))}")
+        files = [root]
+    else:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in BUILDERS and not p.name.startswith("."))
+        if not files:
+            raise ConfigError(f"data.path={path} holds no corpus files; add files ending in one of: {', '.join(sorted(BUILDERS))}")
+    builders = {BUILDERS[p.suffix.lower()] for p in files}
+    if len(builders) > 1:
+        raise ConfigError(f"data.path={path} mixes file types ({', '.join(sorted(builders))}); point data.path at one type")
+    if sum(p.stat().st_size for p in files) == 0:
+        raise ConfigError(f"data.path={path} is empty (0 bytes of text); point data.path at a corpus with text in it")
+    return [p.resolve() for p in files]
+
+
+def check_corpus(d: DataConfig) -> None:
+    """Start-up checks that need no reading beyond a stat."""
+    if d.path is None and d.hub is None:
+        raise ConfigError("data.task=text needs data.path (local files, e.g. data=text data.path=corpus.txt) or data.hub (a Hugging Face dataset name)")
+    if d.path is not None and d.hub is not None:
+        raise ConfigError(
+            f"data.path={d.path} and data.hub={d.hub} are both set; use data=text data.path=... for local files, or data.hub alone"
+        )
+    if not d.text_field:
+        raise ConfigError("data.text_field is empty; name the column that holds the text (usually 'text')")
+    if d.path is not None:
+        local_files(d.path)
+
+
+def identity(d: DataConfig) -> dict[str, Any]:
+    """What makes two corpora the same for the token cache (local files: path, size and mtime)."""
+    if d.path is not None:
+        files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in local_files(d.path)]
+        return {"files": files, "text_field": d.text_field, "split": d.split}
+    return {"hub": d.hub, "config": d.hub_config, "split": d.split, "text_field": d.text_field}
+
+
+def label(d: DataConfig) -> str:
+    return Path(d.path).name if d.path is not None else f"{d.hub}-{d.hub_config or ''}-{d.split}"
+
+
+def total_bytes(d: DataConfig) -> int | None:
+    return sum(p.stat().st_size for p in local_files(d.path)) if d.path is not None else None
+
+
+@dataclass
+class ReadStats:
+    """Counted while reading, reported in one line at the end."""
+
+    documents: int = 0
+    chars: int = 0
+    replaced: int = 0
+    files: list[Path] = field(default_factory=list)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A fast probe, so a missing network fails in seconds rather than after minutes of retries."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy decides; let the real request find out
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def go_offline() -> None:
+    """Make `datasets` use only its local cache for the rest of this process."""
+    import datasets
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+
+
+def load(d: DataConfig):
+    """The corpus as a `datasets` (Iterable)Dataset: the one loading path for hub and local text."""
+    import datasets
+
+    if d.path is not None:
+        files = local_files(d.path)
+        builder = BUILDERS[files[0].suffix.lower()]
+        kwargs: dict[str, Any] = {"data_files": [str(p) for p in files]}
+        if builder in ("text", "json"):
+            kwargs["encoding_errors"] = "replace"
+        if builder == "text":
+            kwargs["sample_by"] = "document"
+        quiet = not datasets.utils.are_progress_bars_disabled()
+        if quiet:
+            datasets.utils.disable_progress_bars()  # reading local files is quick; our own bar shows progress
+        try:
+            return datasets.load_dataset(builder, split=d.split, streaming=d.streaming, **kwargs)
+        finally:
+            if quiet:
+                datasets.utils.enable_progress_bars()
+    if not datasets.config.HF_HUB_OFFLINE and not hub_reachable():
+        go_offline()
+    try:
+        return datasets.load_dataset(d.hub, d.hub_config, split=d.split, streaming=d.streaming)
+    except (ConnectionError, OSError) as exc:
+        if not datasets.config.HF_HUB_OFFLINE and "reach" not in str(exc).lower():
+            raise
+        raise ConfigError(
+            f"data.hub={d.hub} is not cached here and the network (huggingface.co) is unreachable; "
+            f"download it once online (HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}), "
+            "or point at local files: data=text data.path=/path/to/corpus.txt"
+        ) from exc
+
+
+def split_document(text: str, size: int = PIECE_CHARS) -> list[str]:
+    """Cut a long document before line starts, where byte-level BPE splits anyway, so tokens are unchanged."""
+    if len(text) <= size:
+        return [text]
+    pieces, start = [], 0
+    while len(text) - start > size:
+        cut = text.rfind("\n", start + 1, start + size)
+        while cut != -1 and cut + 1 < len(text) and text[cut + 1].isspace():
+            cut = text.rfind("\n", start + 1, cut)
+        if cut == -1:
+            break  # no safe cut point: keep the rest whole
+        pieces.append(text[start : cut + 1])
+        start = cut + 1
+    pieces.append(text[start:])
+    return pieces
+
+
+def documents(d: DataConfig, stats: ReadStats | None = None) -> Iterator[str]:
+    """Every document's text, in corpus order; the corpus is opened now, so a missing one fails here."""
+    return _texts(load(d), d, stats if stats is not None else ReadStats())
+
+
+def _texts(ds, d: DataConfig, stats: ReadStats) -> Iterator[str]:
+    local = d.path is not None
+    if local:
+        stats.files = local_files(d.path)
+    column = "text" if local and BUILDERS[stats.files[0].suffix.lower()] == "text" else d.text_field
+    names = getattr(ds, "column_names", None)
+    if names is not None and column not in names:
+        raise ConfigError(f"data.text_field={column} is not a column of the corpus; its columns are: {', '.join(names)}")
+    for row in ds:
+        if column not in row:
+            raise ConfigError(f"data.text_field={column} is not a column of the corpus; its columns are: {', '.join(row)}")
+        text = row[column]
+        if not text:
+            continue
+        stats.documents += 1
+        stats.chars += len(text)
+        if local and REPLACEMENT in text:
+            stats.replaced += text.count(REPLACEMENT)
+        yield text
+    if stats.replaced:
+        stats.replaced -= sum(_count_in_file(p) for p in stats.files)  # U+FFFD already in the files is text, not damage
+    if stats.replaced > 0:
+        print(
+            f"qkvlab: warning: {stats.replaced} undecodable byte sequence(s) in {d.path} were replaced by U+FFFD",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _count_in_file(path: Path) -> int:
+    count, tail = 0, b""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            block = tail + chunk
+            count += block.count(_REPLACEMENT_BYTES)
+            tail = block[-2:] if not block.endswith(_REPLACEMENT_BYTES) else b""
+    return count

@@ -1,0 +1,117 @@
+"""Language modelling on a real corpus, read from the token cache.
+
+The token stream (documents packed with end-of-text between them) is split
+into two disjoint regions before any window is cut: training windows come
+only from the head, validation only from the tail. The tail starts at a
+document boundary when one lies within `val_tokens` of the cut, so no
+document is shared (a one-document corpus, such as one .txt file, is cut
+mid-text). Validation is the first `val_tokens` targets of the tail, so it is
+the same tokens for every variant and every seed; training windows start at
+positions drawn from (seed, step, micro-step) alone, so a resumed run and
+every variant with that seed see the same data.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from qkvlab.config import Config, ConfigError, DataConfig
+from qkvlab.data import corpus, tokenizer
+from qkvlab.data.source import IGNORE, Batch
+from qkvlab.data.token_cache import CacheRequest, TokenCache, open_token_cache
+
+_TRAIN_STREAM = 0
+
+
+def check_text(d: DataConfig) -> None:
+    corpus.check_corpus(d)
+    tokenizer.check_tokenizer(d)
+    if not d.causal:
+        raise ConfigError("data.causal=false is not supported for data.task=text (next-token prediction); set data.causal=true")
+    if d.val_tokens < 1:
+        raise ConfigError(f"data.val_tokens={d.val_tokens} is out of range; it must be >= 1")
+    if d.max_tokens is not None and d.max_tokens < 2 * (d.val_tokens + d.seq_len + 1):
+        raise ConfigError(
+            f"data.max_tokens={d.max_tokens} leaves too little for data.val_tokens={d.val_tokens}; "
+            f"raise it to at least {2 * (d.val_tokens + d.seq_len + 1)} or set it to null"
+        )
+    if d.num_proc is not None and d.num_proc < 1:
+        raise ConfigError(f"data.num_proc={d.num_proc} is out of range; it must be >= 1, or null for one per core")
+
+
+def cache_request(d: DataConfig, progress: bool = True) -> CacheRequest:
+    corpus_id = corpus.identity(d)
+
+    def docs() -> Iterator[str]:
+        return corpus.documents(d)
+
+    return CacheRequest(
+        label=f"{corpus.label(d)}-{d.tokenizer if d.tokenizer != 'bpe' else f'bpe{d.bpe_vocab_size}'}",
+        identity={"corpus": corpus_id, "tokenizer": tokenizer.identity(d, corpus_id)},
+        tokenizer=lambda: tokenizer.load_tokenizer(d, corpus_id, docs, progress),
+        documents=docs,
+        max_tokens=d.max_tokens,
+        num_proc=d.num_proc,
+        total_bytes=corpus.total_bytes(d),
+        progress=progress,
+    )
+
+
+def split_point(tokens: TokenCache, val_tokens: int) -> int:
+    """Where validation starts: `val_tokens` + 1 tokens from the end, moved back to a document start if one is near."""
+    n = len(tokens)
+    if val_tokens + 1 > n // 2:
+        raise ConfigError(
+            f"data.val_tokens={val_tokens} is more than half of the corpus ({n:,} tokens); lower data.val_tokens"
+        )
+    cut = n - val_tokens - 1
+    lo = max(1, cut - val_tokens)
+    eots = np.flatnonzero(tokens.read(lo, cut) == tokens.eot)
+    return lo + int(eots[-1]) + 1 if len(eots) else cut
+
+
+class TextData:
+    causal = True
+    exact_match = False
+
+    def __init__(self, cfg: Config):
+        d = cfg.data
+        self.cfg, self.seed = d, cfg.seed
+        self.tokens = open_token_cache(cache_request(d, progress=cfg.train.progress))
+        self.vocab_size = self.tokens.vocab_size
+        self.eot = self.tokens.eot
+        self.val_start = split_point(self.tokens, d.val_tokens)
+        # The last training window's last target is token val_start - 1.
+        self.train_end = self.val_start
+        if self.train_end < d.seq_len + 2:
+            raise ConfigError(f"the corpus has only {self.train_end:,} training tokens, fewer than data.seq_len={d.seq_len}; use a larger corpus")
+        self._val = self._val_rows()
+
+    def train_positions(self, step: int, micro: int = 0) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, _TRAIN_STREAM, step, micro])
+        return rng.integers(0, self.train_end - self.cfg.seq_len, size=self.cfg.batch_size)
+
+    def train_batch(self, step: int, micro: int = 0) -> Batch:
+        span = self.cfg.seq_len + 1
+        rows = np.stack([self.tokens.read(int(s), int(s) + span) for s in self.train_positions(step, micro)])
+        rows = torch.from_numpy(rows)
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
+
+    def _val_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validation windows; the last is padded with end-of-text inputs whose targets are IGNORE."""
+        n, L = self.cfg.val_tokens, self.cfg.seq_len
+        stream = self.tokens.read(self.val_start, self.val_start + n + 1)
+        rows = -(-n // L)
+        x = np.full(rows * L, self.eot, dtype=np.int64)
+        y = np.full(rows * L, IGNORE, dtype=np.int64)
+        x[:n], y[:n] = stream[:-1], stream[1:]
+        return torch.from_numpy(x.reshape(rows, L)), torch.from_numpy(y.reshape(rows, L))
+
+    def val_batches(self) -> Iterator[Batch]:
+        x, y = self._val
+        bs = self.cfg.batch_size
+        for i in range(0, len(x), bs):
+            yield x[i : i + bs], y[i : i + bs]
