@@ -8,6 +8,6 @@ corpus="${1:-../shared/data/tinyshakespeare.txt}"
 tpp="${TPP:-20}"
 out="${OUT:-outputs/scaling_cpu}"
 qkvlab train -m experiment=scaling_ladder model=ladder_1,ladder_2,ladder_3 variant=mha,k_eq_v \
-  data=text "data.path=${corpus}" "train.tokens_per_param=${tpp}" train.device=cpu \
+  "data.path=${corpus}" "train.tokens_per_param=${tpp}" train.device=cpu \
   "hydra.sweep.dir=${out}/runs"
 qkvlab scaling "${out}/runs" --out "${out}"

@@ -9,7 +9,7 @@ def test_three_rungs_two_variants_then_scaling(run_cli, shakespeare, tmp_path):
     corpus.write_bytes(shakespeare.read_bytes()[:200_000])
     train = run_cli(
         "train", "-m", "experiment=scaling_ladder", "model=ladder_1,ladder_2,ladder_3", "variant=mha,k_eq_v",
-        "data=text", f"data.path={corpus}", "data.val_tokens=4096", "data.batch_size=8",
+        f"data.path={corpus}", "data.val_tokens=4096", "data.batch_size=8",
         "train.tokens_per_param=0.2", "train.device=cpu", "train.progress=false", "optim.warmup_steps=5",
         timeout=600,
         env_extra={"OMP_NUM_THREADS": "1"},
