@@ -2,12 +2,13 @@
 # The README's scaling example: the ladder's three smallest rungs x mha, k_eq_v on tinyshakespeare,
 # then `qkvlab scaling`. TPP=20 is the compute-optimal budget (about 10 to 25 minutes per variant on
 # 2 free cores); the README's plot used TPP=5 because the machine was shared.
-#   scripts/scaling_cpu.sh [corpus.txt]      env: TPP (default 20), OUT (default outputs/scaling_cpu)
+#   scripts/scaling_cpu.sh [corpus.txt]   env: TPP (default 20), SEEDS (default 0), OUT (default outputs/scaling_cpu)
+#   TPP=5 SEEDS=0,1 scripts/scaling_cpu.sh   # the README's plot
 set -euo pipefail
 corpus="${1:-../shared/data/tinyshakespeare.txt}"
 tpp="${TPP:-20}"
 out="${OUT:-outputs/scaling_cpu}"
 qkvlab train -m experiment=scaling_ladder model=ladder_1,ladder_2,ladder_3 variant=mha,k_eq_v \
-  "data.path=${corpus}" "train.tokens_per_param=${tpp}" train.device=cpu \
+  "seed=${SEEDS:-0}" "data.path=${corpus}" "train.tokens_per_param=${tpp}" train.device=cpu \
   "hydra.sweep.dir=${out}/runs"
 qkvlab scaling "${out}/runs" --out "${out}"
