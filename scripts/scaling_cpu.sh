@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The README's scaling example: the ladder's three smallest rungs x mha, k_eq_v on tinyshakespeare,
 # then `qkvlab scaling`. TPP=20 is the compute-optimal budget (about 10 to 25 minutes per variant on
-# 2 free cores); the README's plot used TPP=5 because the machine was shared.
+# 2 cores); the README's plot is this script's output with the defaults.
 #   scripts/scaling_cpu.sh [corpus.txt]   env: TPP (default 20), SEEDS (default 0), OUT (default outputs/scaling_cpu)
-#   TPP=5 SEEDS=0,1 scripts/scaling_cpu.sh   # the README's plot
 set -euo pipefail
 corpus="${1:-../shared/data/tinyshakespeare.txt}"
 tpp="${TPP:-20}"
