@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's scaling example: the ladder's three smallest rungs x mha, k_eq_v on tinyshakespeare,
-# then `qkvlab scaling`. TPP=20 is the compute-optimal budget (about 10 to 25 minutes per variant on
+# then `qkvlab scaling`. TPP=20 is the compute-optimal budget (8 to 18 minutes per variant measured on
 # 2 cores); the README's plot is this script's output with the defaults.
 #   scripts/scaling_cpu.sh [corpus.txt]   env: TPP (default 20), SEEDS (default 0), OUT (default outputs/scaling_cpu)
 set -euo pipefail
