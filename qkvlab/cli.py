@@ -20,6 +20,7 @@ USAGE = """usage: qkvlab <command> [args]
 
 commands:
   train     train a model (Hydra: qkvlab train --help lists the config groups)
+  compare   compare run directories: table, significance, plots (qkvlab compare --help)
   scaling   fit loss against compute per variant; compute multipliers and gap plots
 
 Run `qkvlab <command> --help` for a command's options."""
@@ -81,23 +82,44 @@ def _known_keys(parent: str) -> list[str]:
     return sorted(node.keys())
 
 
-def expand_sweep(overrides: Sequence[str]) -> list[list[str]]:
-    """Every job's override list in a `-m` sweep (choice and range sweeps)."""
+def expand_sweep(overrides: Sequence[str], preset_params: Sequence[str] = ()) -> list[list[str]]:
+    """Every job's override list in a `-m` sweep (choice and range sweeps).
+
+    `preset_params` are a preset's `hydra.sweeper.params`; as in Hydra's basic
+    sweeper, a command-line override of the same key replaces the preset's axis.
+    """
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import OverrideType
 
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    parsed = OverridesParser.create().parse_overrides([*preset_params, *overrides])
     prefix = {OverrideType.ADD: "+", OverrideType.FORCE_ADD: "++", OverrideType.DEL: "~"}
-    axes = []
+    axes: dict[str, list[str]] = {}
     for o in parsed:
         key = prefix.get(o.type, "") + o.get_key_element()
         if o.type == OverrideType.DEL and o.value() is None:
-            axes.append([key])
+            axes[key] = [key]
         elif o.is_sweep_override():
-            axes.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+            axes[key] = [f"{key}={v}" for v in o.sweep_string_iterator()]
         else:
-            axes.append([f"{key}={o.get_value_element_as_str()}"])
-    return [list(job) for job in itertools.product(*axes)]
+            axes[key] = [f"{key}={o.get_value_element_as_str()}"]
+    return [list(job) for job in itertools.product(*axes.values())]
+
+
+def preset_sweep_params(config_name: str, overrides: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """The `hydra.sweeper.params` a preset declares, as overrides; none for non-grid sweepers (Optuna)."""
+    from hydra import compose
+
+    job_args = [o for o in overrides if not _is_sweep_value(o)]
+    hydra_cfg = compose(config_name, overrides=[*job_args, *extra], return_hydra_config=True).hydra
+    if not str(hydra_cfg.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return []
+    return [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+
+
+def _is_sweep_value(override: str) -> bool:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_override(override).is_sweep_override()
 
 
 def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_dir: str | None) -> None:
@@ -107,10 +129,18 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
 
     from qkvlab.config import to_typed
 
-    jobs = expand_sweep(overrides) if multirun else [list(overrides)]
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="precheck"):
+        jobs = [list(overrides)]
+        if multirun:
+            try:
+                params = preset_sweep_params(config_name, overrides, extra)
+            except Exception as exc:
+                if full_errors():
+                    raise
+                fail(_with_plugin_hint(describe_error(exc)))
+            jobs = expand_sweep(overrides, params)
         for i, job in enumerate(jobs[:MAX_PRECHECK_JOBS]):
             where = f" (sweep job {i}: {' '.join(job)})" if multirun and len(jobs) > 1 else ""
             try:
@@ -118,8 +148,17 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
             except Exception as exc:  # every kind of bad input gets the same one-line treatment
                 if full_errors():
                     raise
-                fail(describe_error(exc) + where)
+                fail(_with_plugin_hint(describe_error(exc)) + where)
     GlobalHydra.instance().clear()
+
+
+def _with_plugin_hint(message: str) -> str:
+    """Launchers and sweepers are optional extras; say which one to install."""
+    if message.startswith("hydra/launcher="):
+        return message + " (launcher plugins are an extra: pip install 'qkvlab[sweep]')"
+    if message.startswith("hydra/sweeper="):
+        return message + " (the Optuna sweeper is an extra: pip install 'qkvlab[optuna]')"
+    return message
 
 
 def train_command(args: list[str]) -> None:
@@ -151,7 +190,13 @@ def scaling_command(args: list[str]) -> None:
     run(args)
 
 
-COMMANDS: dict[str, Callable[[list[str]], None]] = {"train": train_command, "scaling": scaling_command}
+def compare_command(args: list[str]) -> None:
+    from qkvlab.analysis.command import compare_command as run_compare
+
+    run_compare(args)
+
+
+COMMANDS: dict[str, Callable[[list[str]], None]] = {"train": train_command, "compare": compare_command, "scaling": scaling_command}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -8,7 +8,9 @@ values that a schema cannot (ranges, choices, cross-field rules) and raises a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -18,9 +20,14 @@ SHARINGS = ("mha", "q_eq_k", "k_eq_v", "q_eq_k_eq_v")
 POSITIONS = ("rope", "learned", "none")
 NORMS = ("rmsnorm", "layernorm")
 MLPS = ("swiglu", "gelu")
+MATCH_MODES = ("none", "mlp", "layers")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+NONFINITE_POLICIES = ("skip", "stop")
+RESUME_MODES = ("auto", "never")
+# Bumped when checkpoints or run directories change in a way older code cannot read.
+FORMAT_VERSION = 1
 LOGGER_BACKENDS = ("wandb", "none")
 
 
@@ -57,6 +64,9 @@ class ModelConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True
     init_std: float = 0.02
+    # Parameter-matched control (qkvlab/model/matching.py): give a variant the parameters its
+    # sharing saved, as a wider MLP (mlp) or more layers (layers), to match mha of this shape.
+    match_params: str = "none"
 
 
 @dataclass
@@ -121,6 +131,14 @@ class TrainConfig:
     precision: str = "auto"
     compile: bool = False
     progress: bool = True
+    # auto: continue from the run directory's latest good checkpoint; never: start
+    # fresh (old checkpoints removed); any other value: a checkpoint file to start from.
+    resume: str = "auto"
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    # Non-finite loss or gradients: skip the update (stop after max_nonfinite in a row) or stop at once.
+    on_nonfinite: str = "skip"
+    max_nonfinite: int = 10
 
 
 @dataclass
@@ -188,6 +206,18 @@ def n_kv_heads(cfg: Config) -> int:
     return m.n_heads // v.kv_group_size
 
 
+def check_resume(resume: str) -> None:
+    if resume in RESUME_MODES:
+        return
+    path = Path(resume)
+    if not path.is_file():
+        raise ConfigError(
+            f"train.resume={resume!r} is not a checkpoint file; give an existing .pt path, or auto / never"
+        )
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"train.resume={resume!r} is not readable; fix its permissions or pick another checkpoint")
+
+
 def validate(cfg: Config) -> None:
     from qkvlab.data import TASKS  # late import: data depends on config
     from qkvlab.model.attention import FAMILIES
@@ -198,6 +228,7 @@ def validate(cfg: Config) -> None:
     _choice(m.positions, POSITIONS, "model.positions")
     _choice(m.norm, NORMS, "model.norm")
     _choice(m.mlp, MLPS, "model.mlp")
+    _choice(m.match_params, MATCH_MODES, "model.match_params")
     _choice(d.task, tuple(TASKS), "data.task")
     _choice(t.device, DEVICES, "train.device")
     _choice(t.precision, PRECISIONS, "train.precision")
@@ -240,10 +271,12 @@ def validate(cfg: Config) -> None:
     for key in ("beta1", "beta2"):
         if not 0 <= getattr(o, key) < 1:
             raise ConfigError(f"optim.{key}={getattr(o, key)} is out of range; it must be in [0, 1)")
-    for key in ("steps", "grad_accum", "eval_every", "log_every"):
+    for key in ("steps", "grad_accum", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
         _positive(getattr(t, key), f"train.{key}")
     if t.tokens_per_param is not None:
         _positive(t.tokens_per_param, "train.tokens_per_param")
+    _choice(t.on_nonfinite, NONFINITE_POLICIES, "train.on_nonfinite")
+    check_resume(t.resume)
     from qkvlab.data import check_data
 
     check_data(cfg)

@@ -31,6 +31,15 @@ class Run:
         path = self.path / ".hydra" / "config.yaml"
         return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else {}
 
+    @property
+    def error(self) -> str:
+        return str(self.summary.get("error", ""))
+
+    @cached_property
+    def flat_config(self) -> dict[str, Any]:
+        """The run's config as dotted keys (`optim.lr`), for grouping runs by what differs."""
+        return flatten(self.config)
+
     @cached_property
     def metrics(self) -> list[dict[str, Any]]:
         path = self.path / "metrics.jsonl"
@@ -47,6 +56,16 @@ class Run:
     def series(self, key: str) -> list[tuple[int, int, float]]:
         """(step, tokens, value) for every logged point that has `key`."""
         return [(r["step"], r["tokens"], r[key]) for r in self.metrics if key in r]
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def is_run_dir(path: Path) -> bool:

@@ -39,6 +39,23 @@ def qkvlab_env(tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
+def start_cli(tmp_path):
+    """Start `qkvlab ...` in the background (for tests that signal or kill it); returns the Popen."""
+
+    def _start(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "qkvlab.cli", *args],
+            cwd=tmp_path,
+            env={**qkvlab_env(tmp_path), **(env_extra or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return _start
+
+
+@pytest.fixture
 def run_cli(tmp_path):
     """Run `qkvlab ...` in a subprocess with cwd=tmp_path; returns CompletedProcess."""
 

@@ -30,7 +30,7 @@ def test_single_run_writes_run_directory_and_learns(run_cli, tmp_path):
 def test_multirun_over_four_variants_gives_four_runs(run_cli, tmp_path):
     proc = run_cli("train", "-m", "variant=mha,q_eq_k,k_eq_v,q_eq_k_eq_v", "logger=none", *TINY, "train.progress=false")
     assert proc.returncode == 0, proc.stderr
-    runs = _run_dirs(tmp_path / "outputs" / "sweeps")
+    runs = _run_dirs(tmp_path / "outputs" / "default")  # outputs/<experiment>/<run id>
     variants = sorted(json.loads((r / "summary.json").read_text())["variant"] for r in runs)
     assert variants == ["k_eq_v", "mha", "q_eq_k", "q_eq_k_eq_v"]
     params = {json.loads((r / "summary.json").read_text())["variant"]: json.loads((r / "summary.json").read_text())["params/attention"] for r in runs}

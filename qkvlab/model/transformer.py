@@ -119,7 +119,9 @@ def attention_spec(cfg: Config) -> AttentionSpec:
 
 
 def build_model(cfg: Config, vocab_size: int) -> Transformer:
-    return Transformer(cfg.model, attention_spec(cfg), cfg.variant.family, vocab_size)
+    from qkvlab.model.matching import matched_model
+
+    return Transformer(matched_model(cfg, vocab_size), attention_spec(cfg), cfg.variant.family, vocab_size)
 
 
 def count_params(model: nn.Module) -> dict[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import socket
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -31,7 +32,29 @@ def resolve_mode(lg: LoggerConfig) -> str:
     return lg.mode
 
 
+def server_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the W&B server cannot be reached, or None; a quick TCP probe so an offline
+    machine falls back in seconds instead of waiting out W&B's own retries."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy")):
+        return None  # only the proxy knows; let W&B try
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        return f"{url.hostname}:{port} is unreachable ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
 class WandbSink:
+    """Online falls back to offline, offline to nothing; each fallback is said once, and
+    an error while logging turns the sink off rather than stopping the run."""
+
     def __init__(
         self,
         lg: LoggerConfig,
@@ -42,11 +65,14 @@ class WandbSink:
         job_type: str,
         config: dict[str, Any],
         mode: str,
+        run_id: str | None = None,
     ):
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
-        self.run = wandb.init(
+        self._wandb = wandb
+        self.run = None
+        self.kwargs = dict(
             project=lg.project,
             entity=lg.entity,
             group=group,
@@ -55,18 +81,61 @@ class WandbSink:
             tags=list(lg.tags),
             config=config,
             dir=str(run_dir),
-            mode=mode,
+            id=run_id,
+            resume="allow" if run_id else None,
             reinit="finish_previous",
         )
+        if mode == "online":
+            why = server_unreachable()
+            if why is None:
+                try:
+                    self._start("online")
+                except Exception as exc:
+                    why = _reason(exc)
+                    self._teardown()
+            if why is not None:
+                mode = "offline"
+                self._start("offline")
+                print(f"qkvlab: W&B online failed ({why}); fell back to offline, upload later with: wandb sync {self.offline_dir}", flush=True)
+        else:
+            self._start(mode)
+            if mode == "offline":
+                print(f"qkvlab: W&B is offline; upload later with: wandb sync {self.offline_dir}", flush=True)
         self.mode = mode
-        if mode == "offline":
-            print(f"qkvlab: W&B is offline (no credentials); upload later with: wandb sync {self.run.dir.rsplit('/files', 1)[0]}")
+
+    def _start(self, mode: str) -> None:
+        settings = {} if os.environ.get("WANDB_INIT_TIMEOUT") else {"init_timeout": 60}
+        self.run = self._wandb.init(mode=mode, settings=self._wandb.Settings(**settings), **self.kwargs)
+
+    def _teardown(self) -> None:
+        try:
+            self._wandb.teardown()
+        except Exception:
+            pass
+        self.run = None
+
+    @property
+    def offline_dir(self) -> str:
+        return self.run.dir.rsplit("/files", 1)[0]
+
+    def _guard(self, what: str, fn, *args, **kwargs) -> None:
+        if self.run is None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as exc:
+            print(f"qkvlab: W&B failed while {what} ({_reason(exc)}); W&B is off for this run, metrics.jsonl keeps everything", flush=True)
+            self._teardown()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        self.run.log(metrics, step=step)
+        self._guard("logging", lambda: self.run.log(metrics, step=step))
 
     def summary(self, summary: dict[str, Any]) -> None:
-        self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))})
+        self._guard(
+            "writing the summary",
+            lambda: self.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}),
+        )
 
     def close(self, failed: bool) -> None:
-        self.run.finish(exit_code=1 if failed else 0)
+        self._guard("finishing", lambda: self.run.finish(exit_code=1 if failed else 0))
+        self.run = None

@@ -1,34 +1,238 @@
-"""Checkpoints, written atomically so a crash mid-write never leaves a torn file."""
+"""Checkpoints that survive crashes, full disks and bit rot.
+
+A checkpoint is written to a temporary file, fsynced and renamed, so a crash
+mid-write leaves the previous one untouched. Its size and CRC32 sit beside it
+(`<name>.pt.sum`), so a truncated or corrupted file is told apart from a good
+one and resume falls back to the previous good checkpoint.
+"""
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import re
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from qkvlab.config import as_dict
+from qkvlab import __version__
+from qkvlab.config import FORMAT_VERSION, Config, ConfigError, as_dict
+
+CHECKPOINTS = "checkpoints"
+FINAL = "final.pt"
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+_REQUIRED = ("format_version", "step", "config", "model", "optimizer", "rng", "loop")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be used as asked (older format, other model); one line."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint that could not be written (disk full, read-only); the previous one is kept."""
+
+
+class CorruptCheckpoint(Exception):
+    """A truncated, damaged or foreign file; resume skips it."""
+
+
+class _CrcFile:
+    """Checksums the bytes as torch.save writes them, so the file is read once, not twice."""
+
+    def __init__(self, f):
+        self.f, self.crc, self.size = f, 0, 0
+
+    def write(self, data) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def step_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step_{step:08d}.pt"
+
+
+def sum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sum")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _replace_atomically(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
+    """torch.save to `path` and its checksum; on any failure `path` keeps its old content and no temporary is left."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    side, side_tmp = sum_path(path), sum_path(path).with_name(sum_path(path).name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            sink = _CrcFile(f)
+            torch.save(obj, sink)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(side_tmp, "w") as f:
+            f.write(json.dumps({"bytes": sink.size, "crc32": sink.crc}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _replace_atomically(tmp, path)
+        _replace_atomically(side_tmp, side)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        side_tmp.unlink(missing_ok=True)
+        raise
 
 
-def save_checkpoint(path: Path, trainer, step: int) -> None:
-    atomic_torch_save(
-        {
-            "step": step,
-            "model": trainer.model.state_dict(),
-            "optimizer": trainer.optimizer.state_dict(),
-            "config": as_dict(trainer.cfg),
-            "vocab_size": trainer.info.vocab_size,
-        },
-        path,
-    )
+def step_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the run's step checkpoints, newest first."""
+    folder = Path(run_dir) / CHECKPOINTS
+    found = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            m = _STEP_FILE.match(p.name)
+            if m:
+                found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def write_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Save step `step`, then drop all but the `keep` newest; a failed write keeps every older checkpoint."""
+    path = step_path(run_dir, step)
+    payload = {"format_version": FORMAT_VERSION, "qkvlab_version": __version__, "step": step, **state}
+    try:
+        atomic_torch_save(payload, path)
+    except OSError as exc:
+        previous = next((p for s, p in step_checkpoints(run_dir) if s != step), None)
+        kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
+        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise CheckpointWriteError(f"could not write checkpoint {path}: {reason}; {kept}") from exc
+    for _, old in step_checkpoints(run_dir)[keep:]:
+        old.unlink(missing_ok=True)
+        sum_path(old).unlink(missing_ok=True)
+    return path
+
+
+def mark_final(path: Path) -> Path:
+    """checkpoints/final.pt: the last step checkpoint under the name other tools load."""
+    final = path.parent / FINAL
+    tmp = final.with_name(FINAL + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(path, tmp)
+    _replace_atomically(tmp, final)
+    if sum_path(path).exists():
+        side_tmp = sum_path(final).with_name(sum_path(final).name + ".tmp")
+        side_tmp.write_text(sum_path(path).read_text())
+        _replace_atomically(side_tmp, sum_path(final))
+    return final
+
+
+def _crc_of(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The payload of a qkvlab checkpoint, or CorruptCheckpoint saying in a few words what is wrong."""
+    path = Path(path)
+    side = sum_path(path)
+    if side.exists():
+        try:
+            expected = json.loads(side.read_text())
+        except (OSError, ValueError):
+            expected = None
+        if expected:
+            size = path.stat().st_size
+            if size != expected["bytes"]:
+                raise CorruptCheckpoint(f"truncated ({size:,} of {expected['bytes']:,} bytes)")
+            if _crc_of(path) != expected["crc32"]:
+                raise CorruptCheckpoint("checksum mismatch (the file is damaged)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CorruptCheckpoint(f"unreadable ({first[:120]})") from exc
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise CorruptCheckpoint("not a qkvlab checkpoint")
+    return payload
+
+
+def good_checkpoints(run_dir: Path, say=print) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The run's checkpoints that load, newest first; each bad one is reported in one line and skipped."""
+    for _, path in step_checkpoints(run_dir):
+        try:
+            yield path, read_checkpoint(path)
+        except CorruptCheckpoint as exc:
+            say(f"qkvlab: checkpoint {path} is corrupt: {exc}; falling back to the previous one")
+
+
+def version_problem(what: str, version: int, fix: str) -> str | None:
+    """The one line for a file from another qkvlab format (checkpoints, run directories), or None."""
+    if version == FORMAT_VERSION:
+        return None
+    age = "an older" if version < FORMAT_VERSION else "a newer"
+    return f"{what} was written by {age} qkvlab (format {version}; qkvlab {__version__} reads format {FORMAT_VERSION}); {fix}"
+
+
+def check_resumable(payload: dict[str, Any], cfg: Config, path: Path) -> None:
+    """Refuse a checkpoint from another format or another model, naming what differs."""
+    problem = version_problem(f"checkpoint {path}", payload.get("format_version", 0), "start fresh with train.resume=never or a new run directory")
+    if problem:
+        raise CheckpointError(problem)
+    missing = [k for k in _REQUIRED if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}; it cannot be resumed from, start with train.resume=never")
+    old, new = payload["config"], as_dict(cfg)
+    diffs = []
+    for group in ("model", "variant"):
+        a, b = old.get(group, {}), new[group]
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                diffs.append(f"{group}.{key} ({a.get(key)!r} -> {b.get(key)!r})")
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume from {path}: the model differs in {', '.join(diffs)}; "
+            "restore those values, or start fresh with train.resume=never"
+        )
+
+
+def check_shapes(saved: dict[str, torch.Tensor], model: torch.nn.Module, path: Path) -> None:
+    current = model.state_dict()
+    diffs = [
+        f"{k} ({tuple(saved[k].shape) if k in saved else 'absent'} -> {tuple(current[k].shape) if k in current else 'absent'})"
+        for k in sorted(set(saved) | set(current))
+        if k not in saved or k not in current or saved[k].shape != current[k].shape
+    ]
+    if diffs:
+        shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+        raise CheckpointError(
+            f"cannot resume from {path}: tensor shapes differ: {shown}; use the model config it was trained with"
+        )

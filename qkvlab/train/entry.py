@@ -1,38 +1,124 @@
-"""The Hydra job: one composed config in, one run directory out."""
+"""The Hydra job: one composed config in, one run directory out.
+
+Run directories are content-addressed (qkvlab/runname.py), so a job whose
+directory already holds a completed summary is skipped, and any other job
+resumes there (train.resume=auto): re-running a sweep only does the work that
+is missing. A directory named by hand (hydra.run.dir=...) is never skipped:
+its name does not say which config completed there.
+
+Exit codes of `qkvlab train` (a single run):
+  0    completed
+  1    failed while training (the error line is in summary.json)
+  2    bad input: config, paths, a checkpoint that does not fit
+  3    diverged: non-finite loss or gradients beyond train.on_nonfinite
+  130  stopped by SIGINT, 143 by SIGTERM: a checkpoint was written; the
+       printed command resumes the run
+In a sweep (-m) a failing job does not stop the others; the sweep ends with a
+table of the jobs that did not complete and exits 1 if there were any.
+"""
 
 from __future__ import annotations
 
+import shlex
+import signal
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from qkvlab.runname import job_config, run_id  # also registers ${qkvlab_run_id:} in every job's process
 from qkvlab.cli import describe_error, fail, full_errors
 from qkvlab.config import ConfigError, to_typed
+from qkvlab.rundir import load_run
+from qkvlab.track.metrics import MetricsWriter
+from qkvlab.train.signals import Preempted, exit_code
+from qkvlab.train.sweep_report import sweep_failed
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
+# Overrides the resume command must not repeat: it names the directory itself and resumes from it.
+_DROPPED = ("hydra.run.dir=", "hydra.sweep.dir=", "train.resume=", "+train.resume=", "++train.resume=")
 
 
-def train_job(cfg: DictConfig) -> dict:
-    from qkvlab.train.run import error_line, run  # torch loads here, not for --help/--cfg
+def resume_command(run_dir: Path, multirun: bool) -> str:
+    """The command line that continues this run (or this sweep) where it stopped."""
+    args = [a for a in sys.argv[1:] if not a.startswith(_DROPPED)]
+    if multirun:
+        args.append(f"hydra.sweep.dir={Path(HydraConfig.get().sweep.dir).resolve()}")
+    else:
+        args.append(f"hydra.run.dir={run_dir.resolve()}")
+    return " ".join(["qkvlab", "train", *(shlex.quote(a) for a in args)])
+
+
+def classify(exc: BaseException, run_dir: Path) -> tuple[int, str]:
+    """Exit code and the one line that says what went wrong."""
+    from qkvlab.train.checkpoint import CheckpointWriteError
+    from qkvlab.train.loop import Diverged
+    from qkvlab.train.run import error_line
+
+    if isinstance(exc, ConfigError):
+        return EXIT_BAD_INPUT, str(exc)
+    if isinstance(exc, Diverged):
+        return EXIT_DIVERGED, str(exc)
+    if isinstance(exc, CheckpointWriteError):
+        return EXIT_FAILED, str(exc)
+    return EXIT_FAILED, f"{error_line(exc)} (run directory {run_dir}; HYDRA_FULL_ERROR=1 shows the traceback)"
+
+
+class JobResult(dict):
+    """A run's summary. Hydra's Optuna sweeper minimises `float(result)`: the final val loss."""
+
+    def __float__(self) -> float:
+        return float(self.get("val/loss", float("nan")))
+
+
+def train_job(cfg: DictConfig) -> JobResult | None:
+    from qkvlab.train.run import run  # torch loads here, not for --help/--cfg
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    previous = load_run(run_dir)
+    if previous.finished and run_dir.name == run_id(job_config(cfg)):
+        print(f"skipped, already completed: {run_dir}", flush=True)
+        return JobResult(previous.summary)
     try:
         typed = to_typed(cfg)
     except Exception as exc:
         if full_errors():
             raise
-        fail(describe_error(exc))
+        return job_failed(run_dir, multirun, EXIT_BAD_INPUT, describe_error(exc))
     try:
-        return run(typed, run_dir)
+        return JobResult(run(typed, run_dir))
+    except Preempted as exc:
+        name = signal.Signals(exc.signum).name
+        print(
+            f"qkvlab: stopped by {name} at step {exc.step}, checkpoint {exc.checkpoint}; "
+            f"resume with: {resume_command(run_dir, multirun)}",
+            flush=True,
+        )
+        raise SystemExit(exit_code(exc.signum))
     except KeyboardInterrupt:
-        fail(f"interrupted; the run directory {run_dir} says status: interrupted", code=130)
-    except ConfigError as exc:
-        fail(str(exc))
+        fail(f"interrupted without a checkpoint; the run directory {run_dir} says status: interrupted", code=130)
     except Exception as exc:
         if full_errors():
             raise
-        fail(f"{error_line(exc)} (run directory {run_dir}; HYDRA_FULL_ERROR=1 shows the traceback)", code=1)
+        return job_failed(run_dir, multirun, *classify(exc, run_dir))
+
+
+def job_failed(run_dir: Path, multirun: bool, code: int, line: str) -> None:
+    """A single run exits with `code`; a sweep job records the failure and lets the sweep go on."""
+    if not multirun:
+        fail(line, code)
+    if not (run_dir / "summary.json").exists():
+        writer = MetricsWriter(run_dir)
+        writer.summary({"status": "failed", "error": line})
+        writer.close(failed=True)
+    print(f"qkvlab: error: job failed: {line}", file=sys.stderr, flush=True)
 
 
 def hydra_main(config_path: str) -> None:
     hydra.main(version_base="1.3", config_path=config_path, config_name="config")(train_job)()
+    if sweep_failed():
+        raise SystemExit(EXIT_FAILED)

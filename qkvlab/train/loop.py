@@ -1,7 +1,8 @@
 """The training loop: one run, one run directory.
 
-Losses stay on the device between log points, so logging never forces a
-per-step synchronisation on a GPU.
+Losses stay on the device between log points; the only per-step read is the
+one scalar that decides whether an update is finite. All loop state lives in
+`LoopState`, so a checkpoint taken at any step boundary resumes bit for bit.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,16 @@ from tqdm.auto import tqdm
 
 from qkvlab.config import Config, ConfigError, as_dict
 from qkvlab.data import IGNORE, build_data
+from qkvlab.model.matching import match_report
 from qkvlab.model import AttentionSpec, attention_spec, build_model, count_params, kv_cache_bytes_per_token
 from qkvlab.model.flops import matmul_params, train_flops_per_token
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.budget import resolve_steps, tokens_per_step
-from qkvlab.train.checkpoint import save_checkpoint
+from qkvlab.train.checkpoint import check_shapes, mark_final, step_path, write_checkpoint
 from qkvlab.train.device import autocast, compute_dtype, pick_device, resolve_precision
 from qkvlab.train.evaluate import evaluate
 from qkvlab.train.optim import lr_at, make_optimizer
+from qkvlab.train.signals import Preempted, StopRequest
 
 
 def seed_everything(seed: int) -> None:
@@ -48,11 +51,14 @@ class RunInfo:
 
 def model_stats(cfg: Config, model, spec: AttentionSpec, precision: str) -> dict[str, Any]:
     dtype = compute_dtype(precision)
-    kv = kv_cache_bytes_per_token(spec, cfg.model.n_layers, dtype)
+    # The built model's layer count: a layer-matched control has more layers than configured.
+    n_layers = model.cfg.n_layers
+    kv = kv_cache_bytes_per_token(spec, n_layers, dtype)
     mha = AttentionSpec(**{**spec.__dict__, "sharing": "mha", "n_kv_heads": spec.n_heads})
-    kv_mha = kv_cache_bytes_per_token(mha, cfg.model.n_layers, dtype)
+    kv_mha = kv_cache_bytes_per_token(mha, n_layers, dtype)
     return {
         **count_params(model),
+        **match_report(cfg, model.cfg, model.vocab_size),
         "kv_cache/bytes_per_token": kv,
         "kv_cache/bytes_per_token_mha": kv_mha,
         "kv_cache/reduction_vs_mha": 1 - kv / kv_mha,
@@ -60,6 +66,47 @@ def model_stats(cfg: Config, model, spec: AttentionSpec, precision: str) -> dict
         "params/matmul": matmul_params(model),
         "compute/flops_per_token": train_flops_per_token(model, cfg.data.seq_len),
     }
+
+
+@dataclass
+class LoopState:
+    """Everything the loop carries from step to step; a checkpoint stores it so a
+    resumed run logs exactly what the uninterrupted run would have."""
+
+    step: int = 0
+    best: dict[str, float] = field(default_factory=dict)
+    val: dict[str, float] = field(default_factory=dict)
+    last_train: dict[str, float] = field(default_factory=dict)
+    window_loss: float = 0.0
+    window_finite: int = 0
+    window_steps: int = 0
+    train_time: float = 0.0
+    wall_time: float = 0.0
+    nonfinite_skipped: int = 0
+    nonfinite_in_a_row: int = 0
+
+
+class Diverged(RuntimeError):
+    """Non-finite loss or gradients beyond what `train.on_nonfinite` tolerates."""
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "cached": cached},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
 class Trainer:
@@ -88,8 +135,37 @@ class Trainer:
             stats=model_stats(cfg, self.model, self.spec, self.precision),
         )
         self.tokens_per_step = tokens_per_step(cfg)
+        self.state = LoopState()
+        self.last_checkpoint: Path | None = None
 
-    def train_step(self, step: int) -> torch.Tensor:
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": as_dict(self.cfg),
+            "vocab_size": self.info.vocab_size,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+            "loop": asdict(self.state),
+        }
+
+    def load_state_dict(self, payload: dict[str, Any], path: Path) -> None:
+        """Continue from a checkpoint already checked by `check_resumable`."""
+        check_shapes(payload["model"], self.model, path)
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        set_rng_state(payload["rng"])
+        self.state = LoopState(**payload["loop"])
+        self.last_checkpoint = path
+
+    def save(self) -> Path:
+        self.last_checkpoint = write_checkpoint(self.run_dir, self.state.step, self.state_dict(), self.cfg.train.keep_checkpoints)
+        return self.last_checkpoint
+
+    def train_step(self, step: int) -> tuple[torch.Tensor, bool]:
+        """One optimizer step; False (and no update) when the loss or the gradients are not finite.
+
+        Deciding to skip reads one scalar from the device per step: the price of
+        never letting a NaN reach the weights."""
         cfg = self.cfg
         lr = lr_at(step, cfg.train.steps, cfg.optim)
         for group in self.optimizer.param_groups:
@@ -103,70 +179,109 @@ class Trainer:
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
             (loss / cfg.train.grad_accum).backward()
             total += loss.detach()
+        params = [p for p in self.model.parameters() if p.grad is not None]
         if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
-        self.optimizer.step()
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        mean = total / cfg.train.grad_accum
+        finite = bool(torch.isfinite(mean) & torch.isfinite(norm))
+        if finite:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return total / cfg.train.grad_accum
+        return mean, finite
 
     def validate(self) -> dict[str, float]:
         return evaluate(self.model, self.data.val_batches(), self.device, self.amp, self.data.exact_match)
 
-    def fit(self, writer: MetricsWriter) -> dict[str, Any]:
-        cfg, t = self.cfg, self.cfg.train
-        start_wall = time.perf_counter()
-        train_time, window_time = 0.0, 0.0
-        window_loss, window_steps = torch.zeros((), device=self.device), 0
-        best: dict[str, float] = {}
-        val: dict[str, float] = {}
-        last_train: dict[str, float] = {}
-        bar = tqdm(total=t.steps, desc=f"{cfg.variant.name}", unit="step", disable=not t.progress, dynamic_ncols=True)
+    def _nonfinite(self, done: int) -> None:
+        st, t = self.state, self.cfg.train
+        st.nonfinite_skipped += 1
+        st.nonfinite_in_a_row += 1
+        if t.on_nonfinite == "stop" or st.nonfinite_in_a_row >= t.max_nonfinite:
+            streak = f"{st.nonfinite_in_a_row} steps in a row, " if st.nonfinite_in_a_row > 1 else ""
+            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+            raise Diverged(
+                f"non-finite loss or gradients at step {done} ({streak}train.on_nonfinite={t.on_nonfinite}); "
+                f"{kept}; lower optim.lr or raise optim.warmup_steps"
+            )
+
+    def fit(self, writer: MetricsWriter, stop: StopRequest | None = None) -> dict[str, Any]:
+        cfg, t, st = self.cfg, self.cfg.train, self.state
+        segment_start = time.perf_counter()
+        wall_before = st.wall_time
+        window_loss = torch.tensor(st.window_loss, device=self.device)
+        window_time = 0.0
+        bar = tqdm(total=t.steps, initial=st.step, desc=f"{cfg.variant.name}", unit="step", disable=not t.progress, dynamic_ncols=True)
         tick = time.perf_counter()
         self.model.train()
-        for step in range(t.steps):
-            window_loss += self.train_step(step)
-            window_steps += 1
+        for step in range(st.step, t.steps):
+            loss, finite = self.train_step(step)
             done = step + 1
+            st.step = done
+            st.window_steps += 1
+            if finite:
+                window_loss += loss
+                st.window_finite += 1
+                st.nonfinite_in_a_row = 0
+            else:
+                self._nonfinite(done)
             if done % t.log_every == 0 or done == t.steps:
-                mean_loss = float(window_loss) / window_steps
+                mean_loss = float(window_loss) / st.window_finite if st.window_finite else float("nan")
                 window_time += time.perf_counter() - tick
-                train_time += window_time
-                last_train = {
+                st.train_time += window_time
+                st.last_train = {
                     "train/loss": mean_loss,
-                    "train/ppl": math.exp(min(mean_loss, 700.0)),
+                    "train/ppl": math.exp(min(mean_loss, 700.0)) if st.window_finite else float("nan"),
                     "lr": lr_at(step, t.steps, cfg.optim),
-                    "throughput/tokens_per_s": window_steps * self.tokens_per_step / max(window_time, 1e-9),
+                    "throughput/tokens_per_s": st.window_steps * self.tokens_per_step / max(window_time, 1e-9),
+                    "train/nonfinite_skipped": st.nonfinite_skipped,
                 }
-                writer.log(done, done * self.tokens_per_step, last_train)
+                writer.log(done, done * self.tokens_per_step, st.last_train)
                 bar.set_postfix(
                     loss=f"{mean_loss:.4f}",
-                    lr=f"{last_train['lr']:.2e}",
-                    tok_s=f"{last_train['throughput/tokens_per_s']:,.0f}",
+                    lr=f"{st.last_train['lr']:.2e}",
+                    tok_s=f"{st.last_train['throughput/tokens_per_s']:,.0f}",
                     refresh=False,
                 )
-                window_loss, window_steps, window_time = torch.zeros((), device=self.device), 0, 0.0
+                window_loss = torch.zeros((), device=self.device)
+                st.window_finite, st.window_steps, window_time = 0, 0, 0.0
                 tick = time.perf_counter()
             if done % t.eval_every == 0 or done == t.steps:
                 window_time += time.perf_counter() - tick
-                val = self.validate()
-                writer.log(done, done * self.tokens_per_step, val)
-                if not best or val["val/loss"] < best["best/val/loss"]:
-                    best = {"best/val/loss": val["val/loss"], "best/val/ppl": val["val/ppl"], "best/step": done}
-                bar.set_postfix(loss=f"{last_train.get('train/loss', float('nan')):.4f}", val=f"{val['val/loss']:.4f}", refresh=False)
+                st.val = self.validate()
+                writer.log(done, done * self.tokens_per_step, st.val)
+                if not st.best or st.val["val/loss"] < st.best["best/val/loss"]:
+                    st.best = {"best/val/loss": st.val["val/loss"], "best/val/ppl": st.val["val/ppl"], "best/step": done}
+                bar.set_postfix(loss=f"{st.last_train.get('train/loss', float('nan')):.4f}", val=f"{st.val['val/loss']:.4f}", refresh=False)
                 tick = time.perf_counter()
             bar.update(1)
+            preempted = stop is not None and stop.requested and done < t.steps
+            if done % t.checkpoint_every == 0 or done == t.steps or preempted:
+                window_time += time.perf_counter() - tick
+                st.window_loss = float(window_loss)
+                st.wall_time = wall_before + time.perf_counter() - segment_start
+                self.save()
+                tick = time.perf_counter()
+            if preempted:
+                bar.close()
+                raise Preempted(stop.signum, done, self.last_checkpoint)
         bar.close()
-        save_checkpoint(self.run_dir / "checkpoints" / "final.pt", self, t.steps)
+        if self.last_checkpoint is None or step_path(self.run_dir, t.steps) != self.last_checkpoint:
+            st.wall_time = wall_before + time.perf_counter() - segment_start
+            self.save()
+        mark_final(self.last_checkpoint)
         return {
-            **val,
-            **best,
-            "train/loss": last_train.get("train/loss"),
+            **st.val,
+            **st.best,
+            "train/loss": st.last_train.get("train/loss"),
+            "train/nonfinite_skipped": st.nonfinite_skipped,
             "step": t.steps,
             "tokens": t.steps * self.tokens_per_step,
             "compute/flops": self.info.stats["compute/flops_per_token"] * t.steps * self.tokens_per_step,
             "compute/tokens_per_param": t.steps * self.tokens_per_step / self.info.stats["params/matmul"],
-            "throughput/tokens_per_s": t.steps * self.tokens_per_step / max(train_time, 1e-9),
-            "wall_time_s": time.perf_counter() - start_wall,
+            "throughput/tokens_per_s": t.steps * self.tokens_per_step / max(st.train_time, 1e-9),
+            "wall_time_s": wall_before + time.perf_counter() - segment_start,
         }
 
 

@@ -1,7 +1,8 @@
 """One training run from a validated config to a complete run directory.
 
 Whatever happens, the run directory ends with a summary.json whose `status`
-says how the run ended, and its W&B run is finished.
+says how the run ended (completed, interrupted: resumable, failed: with the
+error line), and its W&B run is finished.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from qkvlab.config import Config
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.track.wandb_sink import WandbSink, resolve_mode
 from qkvlab.train.loop import RunInfo, Trainer, base_summary, config_record
+from qkvlab.train.resume import new_run_id, read_run_file, restore, write_run_file
+from qkvlab.train.signals import Preempted, StopRequest
 
 
 def run_name(cfg: Config) -> str:
     return f"{cfg.variant.name}-{cfg.data.name}-s{cfg.seed}"
 
 
-def make_sinks(cfg: Config, run_dir: Path, info: RunInfo) -> list:
+def make_sinks(cfg: Config, run_dir: Path, info: RunInfo, run_id: str | None = None) -> list:
     mode = resolve_mode(cfg.logger)
     if mode == "disabled":
         return []
@@ -33,10 +36,11 @@ def make_sinks(cfg: Config, run_dir: Path, info: RunInfo) -> list:
                 job_type=cfg.variant.name,
                 config=config_record(cfg, info),
                 mode=mode,
+                run_id=run_id,
             )
         ]
     except Exception as exc:  # W&B is a view; metrics.jsonl keeps everything
-        print(f"qkvlab: W&B could not start ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); continuing with metrics.jsonl only")
+        print(f"qkvlab: W&B could not start ({error_line(exc)}); continuing with metrics.jsonl only", flush=True)
         return []
 
 
@@ -45,22 +49,35 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def status_of(exc: BaseException) -> str:
+    return "interrupted" if isinstance(exc, (KeyboardInterrupt, Preempted)) else "failed"
+
+
 def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Train (or continue training) in `run_dir`; SIGTERM/SIGINT end it at a step boundary with `Preempted`."""
     run_dir = Path(run_dir)
     trainer: Trainer | None = None
     writer: MetricsWriter | None = None
+    meta = read_run_file(run_dir)  # before anything is written: a directory from another version stays as it is
+    run_dir.mkdir(parents=True, exist_ok=True)
     try:
-        trainer = Trainer(cfg, run_dir)
-        writer = MetricsWriter(run_dir, make_sinks(cfg, run_dir, trainer.info))
-        result = trainer.fit(writer)
+        with StopRequest() as stop:
+            trainer = Trainer(cfg, run_dir)
+            restore(trainer, cfg, run_dir)
+            if cfg.train.resume == "never" or "wandb_id" not in meta:
+                meta = {"wandb_id": new_run_id()}
+            write_run_file(run_dir, meta)
+            writer = MetricsWriter(run_dir, make_sinks(cfg, run_dir, trainer.info, meta["wandb_id"]))
+            result = trainer.fit(writer, stop)
         summary = {**base_summary(cfg, trainer.info), **result, "status": "completed"}
         writer.summary(summary)
         writer.close()
         print_summary(summary, run_dir)
         return summary
     except BaseException as exc:
-        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-        summary = {**base_summary(cfg, trainer.info if trainer else None), "status": status, "error": error_line(exc)}
+        summary = {**base_summary(cfg, trainer.info if trainer else None), "status": status_of(exc), "error": error_line(exc)}
+        if trainer is not None:
+            summary["step"] = trainer.state.step
         writer = writer or MetricsWriter(run_dir)
         writer.summary(summary)
         writer.close(failed=True)

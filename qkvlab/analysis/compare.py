@@ -1,0 +1,174 @@
+"""Group finished runs by variant and by whatever else differs, aggregate seeds,
+and set each group against the baseline variant of the same setting.
+
+Only completed runs are averaged; failed and unfinished ones are carried along
+so that every report can list them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from qkvlab.analysis.stats import Agg, delta_pct, welch_p
+from qkvlab.rundir import Run
+
+# Config keys that never define a group: seeds are what we aggregate over, the
+# rest only change how a run was watched or restarted.
+NOT_GROUPING = ("seed", "logger.", "train.progress", "train.resume", "experiment")
+METRICS = (
+    "val/loss",
+    "best/val/loss",
+    "val/ppl",
+    "best/val/ppl",
+    "val/acc",
+    "val/exact_match",
+    "params/total",
+    "params/attention",
+    "kv_cache/bytes_per_token",
+    "kv_cache/reduction_vs_mha",
+    "throughput/tokens_per_s",
+)
+# The Welch test compares per-seed final validation losses (log-perplexities).
+TEST_METRIC = "val/loss"
+
+
+def setting_text(setting: Sequence[tuple[str, Any]]) -> list[str]:
+    """`data.name=copy` reads as the override that chose it: `data=copy`."""
+    return [f"{k.removesuffix('.name')}={v}" for k, v in setting]
+
+
+def _sortable(value: Any) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, repr(value))
+
+
+@dataclass
+class Group:
+    variant: str
+    setting: tuple[tuple[str, Any], ...]  # the other differing config keys, sorted
+    runs: list[Run] = field(default_factory=list)
+    stats: dict[str, Agg] = field(default_factory=dict)
+    baseline: "Group | None" = None
+    delta_ppl_pct: float = math.nan
+    delta_loss_pct: float = math.nan
+    p_value: float = math.nan
+
+    @property
+    def label(self) -> str:
+        return " ".join([self.variant, *setting_text(self.setting)])
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def values(self, key: str) -> list[float]:
+        return [r.summary[key] for r in self.runs if isinstance(r.summary.get(key), (int, float))]
+
+
+@dataclass
+class Comparison:
+    groups: list[Group]
+    excluded: list[Run]
+    baseline: str
+    alpha: float
+    varying: list[str]
+    best_of: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def significant(self, g: Group) -> bool:
+        return math.isfinite(g.p_value) and g.p_value < self.alpha
+
+
+def _grouping(key: str) -> bool:
+    return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_GROUPING)
+
+
+def varying_keys(runs: Sequence[Run]) -> list[str]:
+    """Config keys whose value differs between runs, minus those a preset name already implies.
+
+    `data.seq_len` stays when two runs of data=sort differ in it, but goes when
+    it only differs because `data.name` does (copy vs mqar), which the label shows.
+    """
+    keys = sorted({k for r in runs for k in r.flat_config if _grouping(k)})
+    differ = [k for k in keys if len({repr(r.flat_config.get(k)) for r in runs}) > 1]
+    kept = []
+    for key in differ:
+        if key.startswith("variant."):
+            continue  # the variant's name is every row's first column
+        section = key.rpartition(".")[0]
+        name_key = f"{section}.name"
+        if key != name_key and name_key in differ:
+            by_name: dict[str, set[str]] = defaultdict(set)
+            for r in runs:
+                by_name[repr(r.flat_config.get(name_key))].add(repr(r.flat_config.get(key)))
+            if all(len(v) == 1 for v in by_name.values()):
+                continue
+        kept.append(key)
+    return kept
+
+
+def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> list[Group]:
+    groups: dict[tuple, Group] = {}
+    for r in runs:
+        variant = str(r.flat_config.get("variant.name", r.summary.get("variant", "?")))
+        setting = tuple((k, r.flat_config.get(k)) for k in keys)
+        groups.setdefault((variant, setting), Group(variant, setting)).runs.append(r)
+    for g in groups.values():
+        g.runs.sort(key=lambda r: (r.flat_config.get("seed", 0), str(r.path)))
+        g.stats = {m: Agg.of(g.values(m)) for m in METRICS}
+    return list(groups.values())
+
+
+def _without(setting: tuple[tuple[str, Any], ...], drop: Sequence[str]) -> tuple:
+    return tuple((k, v) for k, v in setting if k not in drop)
+
+
+def pick_best(groups: list[Group], best_of: Sequence[str]) -> list[Group]:
+    """Per variant and setting, the value of `best_of` keys with the lowest mean final val loss."""
+    if not best_of:
+        return groups
+    best: dict[tuple, Group] = {}
+    for g in groups:
+        slot = (g.variant, _without(g.setting, best_of))
+        score = g.stats[TEST_METRIC].mean
+        held = best[slot].stats[TEST_METRIC].mean if slot in best else math.nan
+        if slot not in best or score < held or (math.isnan(held) and math.isfinite(score)):
+            best[slot] = g
+    return list(best.values())
+
+
+def attach_baselines(groups: list[Group], baseline: str, best_of: Sequence[str]) -> None:
+    by_setting = {_without(g.setting, best_of): g for g in groups if g.variant == baseline}
+    for g in groups:
+        b = by_setting.get(_without(g.setting, best_of))
+        if b is None:
+            continue
+        g.baseline = b
+        g.delta_ppl_pct = delta_pct(g.stats["val/ppl"].mean, b.stats["val/ppl"].mean)
+        g.delta_loss_pct = delta_pct(g.stats["val/loss"].mean, b.stats["val/loss"].mean)
+        if g is not b:
+            g.p_value = welch_p(g.values(TEST_METRIC), b.values(TEST_METRIC))
+
+
+def compare(runs: Sequence[Run], baseline: str = "mha", alpha: float = 0.05, best_of: Sequence[str] = ()) -> Comparison:
+    finished = [r for r in runs if r.finished]
+    excluded = sorted((r for r in runs if not r.finished), key=lambda r: str(r.path))
+    keys = varying_keys(finished)
+    unknown = [k for k in best_of if k not in keys]
+    notes = [f"--best-of {k}: the finished runs do not differ in it; ignored" for k in unknown]
+    best_of = [k for k in best_of if k in keys]
+    groups = pick_best(group_runs(finished, keys), best_of)
+    attach_baselines(groups, baseline, best_of)
+    if groups and not any(g.variant == baseline for g in groups):
+        names = sorted({g.variant for g in groups})
+        notes.append(f"no completed runs of the baseline variant '{baseline}'; Δ% and p left blank (choose --baseline among: {', '.join(names)})")
+    variant_order = {baseline: 0}
+    groups.sort(key=lambda g: (
+        tuple(_sortable(v) for _, v in _without(g.setting, best_of)),
+        variant_order.get(g.variant, 1),
+        g.variant,
+        tuple(_sortable(v) for _, v in g.setting),
+    ))
+    return Comparison(groups, excluded, baseline, alpha, keys, list(best_of), notes)

@@ -1,0 +1,71 @@
+"""Content-addressed run directories.
+
+A job's directory is `outputs/<experiment>/<variant>-<data>-s<seed>-<hash>`,
+where the hash covers every value of the job's resolved config that differs
+from the schema's default (qkvlab/config.py), except keys that cannot change
+the result (logging, progress bars, resume policy). So the same config always
+lands in the same directory, whether it came from a single run or from a
+sweep, and however it was spelled on the command line; re-running a sweep
+then finds each job's earlier directory, skips the completed ones and resumes
+the rest. Leaving defaults out keeps directories stable when a new qkvlab
+version adds a config key: a key left at its default changes no hash.
+
+Hydra resolves `${qkvlab_run_id:}` in `hydra.run.dir` and `hydra.sweep.subdir`
+(conf/config.yaml) inside each job's own process, so this module registers the
+resolver on import; `qkvlab.train.entry` imports it for every launcher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+# Dotted keys (or their prefixes) left out of the hash: they change how a run
+# is watched, checkpointed or restarted, never what it computes.
+NOT_HASHED = ("hydra", "logger", "train.progress", "train.resume", "train.checkpoint_every", "train.keep_checkpoints")
+HASH_LEN = 8
+
+
+def _hashed(key: str) -> bool:
+    return not any(key == k or key.startswith(k + ".") for k in NOT_HASHED)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Short stable hash of a plain (resolved) config: its non-default, result-changing values."""
+    from qkvlab.config import Config
+    from qkvlab.rundir import flatten
+
+    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=True))
+    values = {k: v for k, v in flatten(config).items() if _hashed(k) and (k not in defaults or defaults[k] != v)}
+    text = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LEN]
+
+
+def readable_name(config: dict[str, Any]) -> str:
+    variant = config.get("variant", {}).get("name", "run")
+    data = config.get("data", {}).get("name", "data")
+    return f"{variant}-{data}-s{config.get('seed', 0)}"
+
+
+def run_id(config: dict[str, Any]) -> str:
+    return f"{readable_name(config)}-{config_hash(config)}"
+
+
+def job_config(root: DictConfig) -> dict[str, Any]:
+    """The job's resolved config without the hydra node (resolving which would recurse into the run dir)."""
+    return {
+        key: OmegaConf.to_container(root[key], resolve=True) if OmegaConf.is_config(root[key]) else root[key]
+        for key in root
+        if key != "hydra"
+    }
+
+
+def _resolve_run_id(*, _root_: DictConfig) -> str:
+    return run_id(job_config(_root_))
+
+
+if not OmegaConf.has_resolver("qkvlab_run_id"):
+    OmegaConf.register_new_resolver("qkvlab_run_id", _resolve_run_id)

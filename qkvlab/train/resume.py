@@ -1,0 +1,148 @@
+"""Where a run starts: fresh, or from a checkpoint, with the run directory made
+consistent with that point.
+
+A resumed run rewinds metrics.jsonl to the checkpoint's step (rows logged after
+it by the interrupted attempt are dropped, the resumed run logs them again),
+so the file never holds a step twice and ends identical to an uninterrupted
+run's. `run.json` holds what must outlive one process: the format version of
+the run directory and the W&B run id that a resumed run continues.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import string
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from qkvlab import __version__
+from qkvlab.config import FORMAT_VERSION, Config, ConfigError
+from qkvlab.rundir import load_run
+from qkvlab.track.metrics import write_json_atomic
+from qkvlab.train.checkpoint import (
+    CHECKPOINTS,
+    CheckpointError,
+    CorruptCheckpoint,
+    check_resumable,
+    good_checkpoints,
+    read_checkpoint,
+    step_checkpoints,
+    sum_path,
+    version_problem,
+)
+
+RUN_FILE = "run.json"
+METRICS = "metrics.jsonl"
+
+
+def new_run_id() -> str:
+    """A W&B-style run id (8 of [a-z0-9]), chosen by qkvlab so it can be stored before W&B starts."""
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def read_run_file(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is unreadable ({exc}); delete it to start this run directory afresh") from exc
+    problem = version_problem(f"run directory {run_dir}", meta.get("format_version", 0), "train in a new run directory")
+    if problem:
+        raise ConfigError(problem)
+    return meta
+
+
+def write_run_file(run_dir: Path, meta: dict[str, Any]) -> None:
+    write_json_atomic(Path(run_dir) / RUN_FILE, {**meta, "format_version": FORMAT_VERSION, "qkvlab_version": __version__})
+
+
+def rewind_metrics(run_dir: Path, step: int, source: Optional[Path] = None) -> None:
+    """Keep metrics.jsonl rows up to `step`; a run resumed from another run's checkpoint starts with that run's rows."""
+    run_dir = Path(run_dir)
+    target = run_dir / METRICS
+    rows = load_run(run_dir).metrics
+    if not rows and source is not None and source.resolve() != run_dir.resolve():
+        rows = load_run(source).metrics
+    kept = [r for r in rows if r.get("step", 0) <= step]
+    if not target.exists() and not kept:
+        return
+    tmp = target.with_name(METRICS + ".tmp")
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+
+
+def clear_checkpoints(run_dir: Path) -> int:
+    folder = Path(run_dir) / CHECKPOINTS
+    removed = 0
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.is_file() and (p.suffix in (".pt", ".sum", ".tmp")):
+                p.unlink()
+                removed += p.suffix == ".pt"
+    return removed
+
+
+def drop_checkpoints_after(run_dir: Path, step: int) -> None:
+    """Checkpoints past the resume point are damaged or from an abandoned attempt; left in place they
+    would take the newest slots of the rotation and be resumed from after the next crash."""
+    for s, p in step_checkpoints(run_dir):
+        if s > step:
+            p.unlink(missing_ok=True)
+            sum_path(p).unlink(missing_ok=True)
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """Temporaries of a write that a SIGKILL cut short; the files they were to replace are intact."""
+    for folder in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
+        if folder.is_dir():
+            for p in folder.glob("*.tmp"):
+                p.unlink(missing_ok=True)
+
+
+def restore(trainer, cfg: Config, run_dir: Path, say: Callable[[str], None] = print) -> Optional[Path]:
+    """Load the checkpoint `train.resume` asks for into `trainer`; the checkpoint used, or None for a fresh start."""
+    run_dir = Path(run_dir)
+    mode = cfg.train.resume
+    remove_temporaries(run_dir)
+    if mode == "never":
+        removed = clear_checkpoints(run_dir)
+        if removed:
+            say(f"qkvlab: train.resume=never: removed {removed} old checkpoint(s) from {run_dir / CHECKPOINTS}")
+        rewind_metrics(run_dir, 0)
+        return None
+    if mode == "auto":
+        for path, payload in good_checkpoints(run_dir, say):
+            return _load(trainer, cfg, run_dir, path, payload, say)
+        if (run_dir / METRICS).exists() and load_run(run_dir).metrics:
+            say(f"qkvlab: no loadable checkpoint in {run_dir / CHECKPOINTS}; starting again from step 0")
+        drop_checkpoints_after(run_dir, -1)
+        rewind_metrics(run_dir, 0)
+        return None
+    path = Path(mode)
+    try:
+        payload = read_checkpoint(path)
+    except CorruptCheckpoint as exc:
+        raise CheckpointError(f"train.resume={mode}: the checkpoint is corrupt: {exc}; pick another checkpoint") from exc
+    source = path.resolve().parent.parent if path.resolve().parent.name == CHECKPOINTS else None
+    return _load(trainer, cfg, run_dir, path, payload, say, source)
+
+
+def _load(trainer, cfg, run_dir, path, payload, say, source=None) -> Path:
+    check_resumable(payload, cfg, path)
+    step = payload["step"]
+    if step > cfg.train.steps:
+        raise CheckpointError(
+            f"{path} is at step {step}, beyond train.steps={cfg.train.steps}; raise train.steps or use train.resume=never"
+        )
+    trainer.load_state_dict(payload, path)
+    drop_checkpoints_after(run_dir, step)
+    rewind_metrics(run_dir, step, source)
+    say(f"qkvlab: resuming from {path} (step {step} of {cfg.train.steps})")
+    return path

@@ -1,0 +1,56 @@
+"""The end of a sweep: a table of the jobs that did not complete, and why.
+
+Read from the run directories (summary.json), so it works the same for every
+Hydra launcher, jobs run in other processes or on other machines included.
+The sweep directory (outputs/<experiment>) also holds the runs of earlier
+sweeps; this sweep's jobs are those Hydra wrote a config for since it began.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from qkvlab.rundir import Run, find_runs
+
+_failed: list[Run] = []
+
+
+def sweep_failed() -> bool:
+    """Whether the sweep that just ended in this process had jobs that did not complete."""
+    return bool(_failed)
+
+
+def failure_table(runs: list[Run], root: Path) -> str:
+    rows = [(str(r.path.relative_to(root)) if r.path.is_relative_to(root) else str(r.path), r.status, r.summary.get("error", "")) for r in runs]
+    width = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(("job", "status"))]
+    lines = [f"  {'job':<{width[0]}}  {'status':<{width[1]}}  error"]
+    lines += [f"  {job:<{width[0]}}  {status:<{width[1]}}  {error}" for job, status, error in rows]
+    return "\n".join(lines)
+
+
+def _written_since(run: Run, started: float) -> bool:
+    config = run.path / ".hydra" / "config.yaml"
+    return config.exists() and config.stat().st_mtime >= started
+
+
+class FailedJobsReport(Callback):
+    started = 0.0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _failed.clear()
+        self.started = time.time() - 1.0  # file systems with coarse timestamps
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        root = Path(config.hydra.sweep.dir).resolve()
+        runs = sorted((r for r in find_runs([root]) if _written_since(r, self.started)), key=lambda r: str(r.path))
+        bad = [r for r in runs if not r.finished]
+        _failed[:] = bad
+        if not bad:
+            print(f"qkvlab: all {len(runs)} jobs completed ({root})", flush=True)
+            return
+        print(f"qkvlab: {len(bad)} of {len(runs)} jobs did not complete ({root}):\n{failure_table(bad, root)}", flush=True)

@@ -1,0 +1,52 @@
+"""Hand-made run directories with known numbers, laid out as `qkvlab train` writes them."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+
+def make_run(
+    root: Path,
+    name: str,
+    *,
+    variant: str = "mha",
+    seed: int = 0,
+    loss: float = 2.0,
+    status: str = "completed",
+    lr: float = 3e-3,
+    task: str = "sort",
+    params: int = 1000,
+    kv: int = 1024,
+    acc: float = 0.5,
+) -> Path:
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    config = {
+        "seed": seed,
+        "experiment": "hand",
+        "variant": {"name": variant, "sharing": variant if variant != "gqa" else "mha"},
+        "model": {"name": "tiny", "d_model": 64},
+        "data": {"name": task, "task": task, "seq_len": 32},
+        "optim": {"name": "adamw", "lr": lr},
+        "train": {"steps": 20, "progress": False},
+        "logger": {"backend": "none", "project": f"p{seed}"},
+    }
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    points = [(10, 1000, loss + 1.0), (20, 2000, loss)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "tokens": t, "val/loss": v}) + "\n" for s, t, v in points))
+    summary = {"status": status, "variant": variant, "seed": seed, "experiment": "hand"}
+    if status == "completed":
+        summary.update({
+            "val/loss": loss, "val/ppl": math.exp(loss), "best/val/loss": loss, "best/val/ppl": math.exp(loss),
+            "val/acc": acc, "params/total": params, "params/attention": params // 4,
+            "kv_cache/bytes_per_token": kv, "kv_cache/reduction_vs_mha": 1 - kv / 1024,
+            "throughput/tokens_per_s": 5000.0,
+        })
+    else:
+        summary["error"] = "RuntimeError: boom"
+    (run / "summary.json").write_text(json.dumps(summary))
+    return run

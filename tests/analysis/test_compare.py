@@ -1,0 +1,125 @@
+"""qkvlab compare on hand-made run directories whose answers are known."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+from scipy import stats
+
+from tests.analysis.compare_rundirs import make_run
+from qkvlab.analysis.compare import compare
+from qkvlab.analysis.command import compare_command
+from qkvlab.analysis.plots import PLOTS
+from qkvlab.rundir import find_runs
+
+MHA = [2.00, 2.02, 1.98]
+KEQV = [2.10, 2.12, 2.08]
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    root = tmp_path / "sweep"
+    for seed, loss in enumerate(MHA):
+        make_run(root, f"mha-s{seed}", variant="mha", seed=seed, loss=loss, params=1000, kv=1024)
+    for seed, loss in enumerate(KEQV):
+        make_run(root, f"k_eq_v-s{seed}", variant="k_eq_v", seed=seed, loss=loss, params=900, kv=512)
+    make_run(root, "k_eq_v-s3", variant="k_eq_v", seed=3, status="failed")
+    make_run(root, "mha-s9", variant="mha", seed=9, status="unfinished")
+    return root
+
+
+def by_variant(c):
+    return {g.label: g for g in c.groups}
+
+
+def test_delta_and_welch_against_baseline(sweep):
+    c = compare(find_runs([sweep]))
+    g = by_variant(c)
+    assert set(g) == {"mha", "k_eq_v"}
+    assert g["mha"].n == 3 and g["k_eq_v"].n == 3  # the failed and the unfinished run are not averaged
+    ppl_mha = sum(math.exp(x) for x in MHA) / 3
+    ppl_keqv = sum(math.exp(x) for x in KEQV) / 3
+    assert g["k_eq_v"].delta_ppl_pct == pytest.approx(100 * (ppl_keqv / ppl_mha - 1))
+    assert g["k_eq_v"].stats["val/loss"].mean == pytest.approx(2.10)
+    assert g["k_eq_v"].stats["val/loss"].std == pytest.approx(0.02)
+    assert g["k_eq_v"].p_value == pytest.approx(stats.ttest_ind(KEQV, MHA, equal_var=False).pvalue)
+    assert c.significant(g["k_eq_v"])
+    assert g["mha"].delta_ppl_pct == 0.0 and math.isnan(g["mha"].p_value)
+    assert sorted(r.status for r in c.excluded) == ["failed", "unfinished"]
+
+
+def test_noise_sized_difference_is_not_significant(tmp_path):
+    for seed, (a, b) in enumerate([(2.0, 2.05), (2.1, 2.0), (1.9, 2.01)]):
+        make_run(tmp_path, f"mha-{seed}", variant="mha", seed=seed, loss=a)
+        make_run(tmp_path, f"kv-{seed}", variant="k_eq_v", seed=seed, loss=b)
+    c = compare(find_runs([tmp_path]))
+    assert not c.significant(by_variant(c)["k_eq_v"])
+
+
+def test_other_differing_keys_make_groups_and_best_of_picks_each_variants_lr(tmp_path):
+    # mha is best at lr 1e-3, k_eq_v at 3e-3: each is compared at its own best.
+    for seed in (0, 1):
+        for lr, loss in ((1e-3, 2.0), (3e-3, 2.2)):
+            make_run(tmp_path, f"mha-{lr}-{seed}", variant="mha", seed=seed, lr=lr, loss=loss + 0.01 * seed)
+        for lr, loss in ((1e-3, 2.3), (3e-3, 2.1)):
+            make_run(tmp_path, f"kv-{lr}-{seed}", variant="k_eq_v", seed=seed, lr=lr, loss=loss + 0.01 * seed)
+    runs = find_runs([tmp_path])
+    plain = compare(runs)
+    assert plain.varying == ["optim.lr"]  # seed, logger.* and experiment never split groups
+    assert set(by_variant(plain)) == {"mha optim.lr=0.001", "mha optim.lr=0.003", "k_eq_v optim.lr=0.001", "k_eq_v optim.lr=0.003"}
+    assert by_variant(plain)["k_eq_v optim.lr=0.003"].baseline.label == "mha optim.lr=0.003"
+    best = compare(runs, best_of=["optim.lr"])
+    assert set(by_variant(best)) == {"mha optim.lr=0.001", "k_eq_v optim.lr=0.003"}
+    g = by_variant(best)["k_eq_v optim.lr=0.003"]
+    assert g.delta_ppl_pct == pytest.approx(100 * (math.exp(0.1) - 1), rel=1e-3)
+
+
+def test_command_writes_table_csv_and_plots(sweep, tmp_path, capsys):
+    out = tmp_path / "report"
+    compare_command([str(sweep), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "k_eq_v" in printed and "baseline" in printed
+    assert "Not included: 2 failed or unfinished run(s)" in printed and "RuntimeError: boom" in printed
+    rows = {r["variant"]: r for r in csv.DictReader(open(out / "compare.csv"))}
+    assert rows["k_eq_v"]["n"] == "3" and rows["k_eq_v"]["significant"] == "True"
+    assert float(rows["k_eq_v"]["kv_cache/bytes_per_token/mean"]) == 512
+    assert "| k_eq_v |" in (out / "compare.md").read_text()
+    runs = list(csv.DictReader(open(out / "runs.csv")))
+    assert len(runs) == 8 and sum(r["group"] == "(excluded)" for r in runs) == 2
+    for name in PLOTS:
+        png = (out / name).read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 5000, name
+
+
+def test_accuracy_per_task_table(tmp_path, capsys):
+    for task, (a, b) in {"sort": (0.9, 0.6), "copy": (1.0, 0.95)}.items():
+        for seed in (0, 1):
+            make_run(tmp_path / "runs", f"mha-{task}-{seed}", variant="mha", seed=seed, task=task, acc=a)
+            make_run(tmp_path / "runs", f"kv-{task}-{seed}", variant="q_eq_k_eq_v", seed=seed, task=task, acc=b)
+    compare_command([str(tmp_path / "runs"), "--no-plots"])
+    text = capsys.readouterr().out
+    table = text.split("Validation accuracy % per task")[1]
+    assert "data=copy" in table and "data=sort" in table and "data.seq_len" not in table
+    q_row = next(line for line in table.splitlines() if line.startswith("q_eq_k_eq_v"))
+    assert "60.0" in q_row and "95.0" in q_row
+
+
+def test_clear_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        compare_command([str(tmp_path / "nope")])
+    assert "no such path" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        compare_command([str(tmp_path / "empty")])
+    assert "no run directories" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_wandb_gets_table_and_plots(sweep, tmp_path, run_cli):
+    # A subprocess, as a user runs it: W&B's service has flushed the offline run when it exits.
+    out = run_cli("compare", str(sweep), "--out", str(tmp_path / "report"), "--wandb")
+    assert out.returncode == 0 and "logged to W&B" in out.stdout, out.stderr[-2000:]
+    (blob,) = [p.read_bytes() for p in tmp_path.rglob("offline-run-*/run-*.wandb")]
+    assert b"compare/table" in blob and b"compare/ppl_vs_kv_cache" in blob

@@ -1,0 +1,37 @@
+"""Bad inputs get one line and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from qkvlab.cli import main
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.resume=nowhere/step_00000010.pt", "train.resume='nowhere/step_00000010.pt' is not a checkpoint file"),
+        ("train.keep_checkpoints=0", "train.keep_checkpoints=0 is out of range"),
+        ("train.on_nonfinite=ignore", "train.on_nonfinite='ignore' is not valid; choose one of: skip, stop"),
+    ],
+)
+def test_checked_before_any_job_starts(tmp_path, monkeypatch, capsys, override, expected, kit):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", *kit.TINY, override])
+    assert exit_.value.code == 2
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("qkvlab: error: ") and expected in line
+
+
+@pytest.mark.slow
+def test_run_directory_from_an_older_version_is_left_alone(tmp_path, run_cli, kit):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"wandb_id": "abc"}))
+    res = run_cli("train", *kit.TINY, "train.steps=5", "hydra.run.dir=run", env_extra=kit.ENV)
+    assert res.returncode == 2
+    line, = res.stderr.strip().splitlines()
+    assert "run directory" in line and "was written by an older qkvlab (format 0;" in line
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "run.json", "train.log"]

@@ -1,0 +1,42 @@
+"""SIGTERM/SIGINT: a checkpoint at the next step boundary, a distinct exit code,
+one line with the command that resumes, and no half-written file."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+
+import pytest
+
+from qkvlab.train.checkpoint import read_checkpoint, step_checkpoints
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_checkpoints_and_says_how_to_resume(tmp_path, start_cli, run_cli, sig, code, kit):
+    args = [*kit.TINY, "train.steps=150", "train.checkpoint_every=1000"]
+    proc = start_cli("train", *args, "hydra.run.dir=run", env_extra=kit.ENV)
+    run_dir = tmp_path / "run"
+    kit.wait_for_step(proc, run_dir, 5)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+
+    (step, path), = step_checkpoints(run_dir)
+    assert 5 <= step < 150 and read_checkpoint(path)["step"] == step
+    assert kit.summary(run_dir)["status"] == "interrupted"
+    assert not list(run_dir.rglob("*.tmp"))
+    hint = [line for line in out.splitlines() if "resume with:" in line]
+    assert len(hint) == 1 and f"at step {step}" in hint[0], out
+    command = shlex.split(hint[0].split("resume with: ", 1)[1])
+    assert command[:2] == ["qkvlab", "train"] and f"hydra.run.dir={run_dir.resolve()}" in command
+    if sig != signal.SIGTERM:
+        return
+
+    resumed = run_cli(*command[1:], env_extra=kit.ENV)
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [r["step"] for r in kit.metrics(run_dir) if "train/loss" in r]
+    assert steps == list(range(5, 151, 5)), "each step is logged once, before and after the stop"
+    assert kit.summary(run_dir)["status"] == "completed"
+

@@ -1,0 +1,80 @@
+"""Where a run resumes from, and what its run directory looks like afterwards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from qkvlab.config import Config
+from qkvlab.train.checkpoint import CheckpointError, step_checkpoints
+from qkvlab.train.loop import Trainer
+from qkvlab.train.resume import restore
+
+
+def tiny(**train) -> Config:
+    cfg = Config()
+    cfg.train.device, cfg.train.steps, cfg.data.batch_size, cfg.data.val_size = "cpu", 40, 8, 16
+    for key, value in train.items():
+        setattr(cfg.train, key, value)
+    return cfg
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """Checkpoints at steps 10, 20 and 30, and metrics rows up to step 35 (killed after 30)."""
+    trainer = Trainer(tiny(keep_checkpoints=5), tmp_path)
+    for step in (10, 20, 30):
+        trainer.state.step = step
+        with torch.no_grad():
+            next(trainer.model.parameters()).add_(1.0)
+        trainer.save()
+    rows = [{"step": s, "tokens": s * 128, "train/loss": 1.0 / s} for s in range(5, 40, 5)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 40, "tok')
+    return tmp_path
+
+
+def steps_in(run_dir):
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_auto_skips_a_damaged_newest_and_rewinds(run_dir):
+    newest = run_dir / "checkpoints" / "step_00000030.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    said = []
+    trainer = Trainer(tiny(), run_dir)
+    used = restore(trainer, tiny(), run_dir, say=said.append)
+    assert used.name == "step_00000020.pt" and trainer.state.step == 20
+    assert "corrupt: truncated" in said[0] and said[1].startswith("qkvlab: resuming from")
+    assert [s for s, _ in step_checkpoints(run_dir)] == [20, 10], "the damaged checkpoint no longer takes a slot"
+    assert steps_in(run_dir) == [5, 10, 15, 20], "rows after the resume point (and the torn line) are gone"
+
+
+def test_an_explicit_older_checkpoint_drops_the_abandoned_later_ones(run_dir):
+    cfg = tiny(resume=str(run_dir / "checkpoints" / "step_00000010.pt"))
+    trainer = Trainer(cfg, run_dir)
+    restore(trainer, cfg, run_dir, say=lambda _: None)
+    assert trainer.state.step == 10 and [s for s, _ in step_checkpoints(run_dir)] == [10]
+    assert steps_in(run_dir) == [5, 10]
+
+
+def test_never_starts_fresh(run_dir):
+    said = []
+    assert restore(Trainer(tiny(resume="never"), run_dir), tiny(resume="never"), run_dir, say=said.append) is None
+    assert step_checkpoints(run_dir) == [] and steps_in(run_dir) == []
+    assert "removed 3 old checkpoint(s)" in said[0]
+
+
+def test_a_checkpoint_beyond_train_steps_is_refused(run_dir):
+    with pytest.raises(CheckpointError, match=r"at step 30, beyond train.steps=25"):
+        restore(Trainer(tiny(steps=25), run_dir), tiny(steps=25), run_dir, say=lambda _: None)
+
+
+def test_a_checkpoint_from_another_run_brings_its_history(run_dir, tmp_path_factory):
+    target = tmp_path_factory.mktemp("continued")
+    cfg = tiny(resume=str(run_dir / "checkpoints" / "step_00000020.pt"))
+    trainer = Trainer(cfg, target)
+    restore(trainer, cfg, target, say=lambda _: None)
+    assert trainer.state.step == 20 and steps_in(target) == [5, 10, 15, 20]
+    assert [s for s, _ in step_checkpoints(run_dir)] == [30, 20, 10], "the source run is left as it was"
