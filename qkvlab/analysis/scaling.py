@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from qkvlab.analysis.powerlaw import MIN_POINTS, FitError, PowerLaw, Rung, bootstrap, fit_rungs, interval, multiplier
+from qkvlab.analysis.report import markdown_table
 from qkvlab.analysis.scaling_data import Point, Slice, to_point, widest_slice
 from qkvlab.rundir import find_runs
 
@@ -144,12 +145,6 @@ def _with_ci(x: float, ci: tuple[float, float] | None) -> str:
     return _num(x) + (f" [{_num(ci[0])}, {_num(ci[1])}]" if ci else "")
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def ladder_text(rep: LadderReport, ladder: Slice) -> str:
     fixed = ", ".join(f"{k} {v}" for k, v in ladder.fixed.items())
     methods = {f.method for f in rep.fits.values()}
@@ -166,7 +161,7 @@ def ladder_text(rep: LadderReport, ladder: Slice) -> str:
     if floored:
         out[-1:] = [f"E sits at its bound 0 for {', '.join(floored)}: loss falls faster with compute at the larger "
                     "rungs than a saturating law allows (typical of under-trained runs), so the law fits poorly.", ""]
-    out.append(_table(
+    out.append(markdown_table(
         ["variant", "rungs", "E", "A", "alpha"],
         [[v, str(len(f.rungs)), _with_ci(f.law.E, f.constant_interval("E")), _with_ci(f.law.A, f.constant_interval("A")),
           _with_ci(f.law.alpha, f.constant_interval("alpha"))] for v, f in rep.fits.items()],
@@ -177,13 +172,13 @@ def ladder_text(rep: LadderReport, ladder: Slice) -> str:
         computes = [m.compute for m in next(iter(rep.multipliers.values()))]
         out += ["", f"Compute multiplier vs {rep.baseline}: compute a variant needs to reach {rep.baseline}'s loss, "
                 "over {0}'s compute (>1 costs more; 10x/100x extrapolate the largest rung).".format(rep.baseline), ""]
-        out.append(_table(
+        out.append(markdown_table(
             ["variant"] + [f"{lab} ({_num(c)} FLOPs)" for lab, c in zip(labels, computes)],
             [[v] + [_with_ci(m.value, m.ci) for m in ms] for v, ms in rep.multipliers.items()],
         ))
         out += ["", f"Loss gap vs {rep.baseline} at each rung (observed, mean over seeds), delta % loss:", ""]
         names = [r.name for r in base.rungs]
-        out.append(_table(["variant"] + names, [[v] + [f"{g[n]:+.2f}%" if n in g else "-" for n in names] for v, g in rep.gaps.items()]))
+        out.append(markdown_table(["variant"] + names, [[v] + [f"{g[n]:+.2f}%" if n in g else "-" for n in names] for v, g in rep.gaps.items()]))
     return "\n".join(out)
 
 

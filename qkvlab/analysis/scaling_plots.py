@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from qkvlab.analysis.report import markdown_table  # noqa: E402
 from qkvlab.analysis.scaling_data import Slice  # noqa: E402
 
 DPI = 110
@@ -123,11 +124,7 @@ def slice_text(sl: Slice, gaps: dict[str, dict], baseline: str) -> str:
     xs = sl.values()
     header = ["variant"] + [f"{x:g}" if isinstance(x, float) else str(x) for x in xs]
     rows = [[v] + [f"{g[x]:+.2f}%" if x in g else "-" for x in xs] for v, g in gaps.items() if v != baseline]
-    lines = [f"Loss gap vs {baseline} along {AXIS_LABEL[sl.axis]} ({fixed}), delta % loss:", ""]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join("---" for _ in header) + "|")
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return f"Loss gap vs {baseline} along {AXIS_LABEL[sl.axis]} ({fixed}), delta % loss:\n\n" + markdown_table(header, rows)
 
 
 def eval_gap_curve(sl: Slice, variant: str, baseline: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
