@@ -21,6 +21,7 @@ USAGE = """usage: qkvlab <command> [args]
 commands:
   train     train a model (Hydra: qkvlab train --help lists the config groups)
   compare   compare run directories: table, significance, plots (qkvlab compare --help)
+  scaling   fit loss against compute per variant; compute multipliers and gap plots
   eval      score a trained run at several context lengths; writes RUN_DIR/eval.json
   generate  sample from a trained causal run with a KV cache
   bench     step time, tokens/s, MFU, memory, prefill/decode speed and KV bytes per variant
@@ -234,15 +235,22 @@ def bench_command(args: list[str]) -> None:
     guarded(bench_main, args)
 
 
+def scaling_command(args: list[str]) -> None:
+    from qkvlab.analysis.scaling import scaling_command as run
+
+    guarded(run, args)
+
+
 def compare_command(args: list[str]) -> None:
     from qkvlab.analysis.command import compare_command as run_compare
 
-    run_compare(args)
+    guarded(run_compare, args)
 
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": train_command,
     "compare": compare_command,
+    "scaling": scaling_command,
     "eval": eval_command,
     "generate": generate_command,
     "bench": bench_command,

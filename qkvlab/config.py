@@ -121,6 +121,9 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 300
+    # Token budget as a multiple of the model's compute parameters (scaling runs);
+    # when set it replaces `steps`, resolved once the model exists (train/budget.py).
+    tokens_per_param: Optional[float] = None
     grad_accum: int = 1
     eval_every: int = 100
     log_every: int = 10
@@ -270,6 +273,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"optim.{key}={getattr(o, key)} is out of range; it must be in [0, 1)")
     for key in ("steps", "grad_accum", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
         _positive(getattr(t, key), f"train.{key}")
+    if t.tokens_per_param is not None:
+        _positive(t.tokens_per_param, "train.tokens_per_param")
     _choice(t.on_nonfinite, NONFINITE_POLICIES, "train.on_nonfinite")
     check_resume(t.resume)
     from qkvlab.data import check_data

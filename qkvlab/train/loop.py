@@ -23,7 +23,9 @@ from qkvlab.config import Config, ConfigError, as_dict
 from qkvlab.data import IGNORE, build_data
 from qkvlab.model.matching import match_report
 from qkvlab.model import AttentionSpec, attention_spec, build_model, count_params, kv_cache_bytes_per_token
+from qkvlab.model.flops import matmul_params, train_flops_per_token
 from qkvlab.track.metrics import MetricsWriter
+from qkvlab.train.budget import resolve_steps, tokens_per_step
 from qkvlab.train.checkpoint import check_shapes, mark_final, step_path, write_checkpoint
 from qkvlab.train.device import autocast, compute_dtype, configure_device, pick_device, resolve_precision
 from qkvlab.train.evaluate import evaluate
@@ -61,6 +63,8 @@ def model_stats(cfg: Config, model, spec: AttentionSpec, precision: str) -> dict
         "kv_cache/bytes_per_token_mha": kv_mha,
         "kv_cache/reduction_vs_mha": 1 - kv / kv_mha,
         "n_kv_heads": spec.n_kv_heads,
+        "params/matmul": matmul_params(model),
+        "compute/flops_per_token": train_flops_per_token(model, cfg.data.seq_len),
     }
 
 
@@ -122,6 +126,7 @@ class Trainer:
             )
         self.spec = attention_spec(cfg)
         self.model = build_model(cfg, vocab).to(self.device)
+        self.cfg = cfg = resolve_steps(cfg, matmul_params(self.model))
         self.optimizer = make_optimizer(self.model, cfg.optim, self.device)
         self.step_fn = torch.compile(self.model) if cfg.train.compile else self.model
         self.info = RunInfo(
@@ -130,7 +135,7 @@ class Trainer:
             vocab_size=vocab,
             stats=model_stats(cfg, self.model, self.spec, self.precision),
         )
-        self.tokens_per_step = cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum
+        self.tokens_per_step = tokens_per_step(cfg)
         self.state = LoopState()
         self.last_checkpoint: Path | None = None
 
@@ -278,6 +283,8 @@ class Trainer:
             "train/nonfinite_skipped": st.nonfinite_skipped,
             "step": t.steps,
             "tokens": t.steps * self.tokens_per_step,
+            "compute/flops": self.info.stats["compute/flops_per_token"] * t.steps * self.tokens_per_step,
+            "compute/tokens_per_param": t.steps * self.tokens_per_step / self.info.stats["params/matmul"],
             "throughput/tokens_per_s": t.steps * self.tokens_per_step / max(st.train_time, 1e-9),
             "wall_time_s": wall_before + time.perf_counter() - segment_start,
         }
