@@ -12,6 +12,8 @@ from qkvlab.config import register_configs, to_typed
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 NEEDS_PLUGIN = {"lr_optuna": "hydra_plugins.hydra_optuna_sweeper"}
+# Presets on local text take the corpus from the command line (data.path=...).
+NEEDS_CORPUS = {"scaling_ladder", "overtraining", "context_sweep"}
 
 
 def test_the_issue_presets_exist():
@@ -19,19 +21,22 @@ def test_the_issue_presets_exist():
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_preset_composes_and_says_what_it_measures(name):
+def test_preset_composes_and_says_what_it_measures(name, tmp_path):
     plugin = NEEDS_PLUGIN.get(name)
     if plugin and importlib.util.find_spec(plugin) is None:
         pytest.skip(f"{plugin} is not installed (pip install 'qkvlab[optuna]')")
     text = (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
     assert text[0] == "# @package _global_"
     assert text[1].startswith(f"# {name}:"), "the second line states what the preset measures"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("a local corpus for presets that train on text\n")
+    extra = [f"data.path={corpus}"] if name in NEEDS_CORPUS else []
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        typed = to_typed(compose("config", overrides=[f"experiment={name}"]))
-        params = preset_sweep_params("config", [f"experiment={name}"], [])
+        typed = to_typed(compose("config", overrides=[f"experiment={name}", *extra]))
+        params = preset_sweep_params("config", [f"experiment={name}", *extra], [])
         # Seeds cannot make a config invalid; every other combination is checked.
-        jobs = {tuple(o for o in job if not o.startswith("seed=")) for job in expand_sweep([f"experiment={name}"], params)}
+        jobs = {tuple(o for o in job if not o.startswith("seed=")) for job in expand_sweep([f"experiment={name}", *extra], params)}
         for job in sorted(jobs):
             to_typed(compose("config", overrides=list(job)))
     assert typed.experiment == name
