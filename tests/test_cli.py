@@ -53,3 +53,19 @@ def test_help_lists_groups_and_cfg_prints_config(run_cli):
     assert "model: " in help_out and "paper_300m" in help_out
     cfg_out = run_cli("train", "--cfg", "job", "variant=k_eq_v").stdout
     assert "sharing: k_eq_v" in cfg_out
+
+
+def test_same_command_again_skips_and_resume_never_retrains(run_cli, tmp_path):
+    args = ("train", "logger=none", "model=tiny", "train.steps=10", "train.eval_every=10", "train.progress=false")
+    assert run_cli(*args).returncode == 0
+    (run_dir,) = _run_dirs(tmp_path / "outputs")
+    first = (run_dir / "summary.json").read_text()
+    again = run_cli(*args)
+    assert again.returncode == 0 and f"skipped, already completed: {run_dir}" in again.stdout
+    assert "train.resume=never" in again.stdout
+    fresh = run_cli(*args, "train.resume=never")
+    assert fresh.returncode == 0 and "skipped" not in fresh.stdout and "finished 10 steps" in fresh.stdout
+    assert _run_dirs(tmp_path / "outputs") == [run_dir]
+    rows = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows].count(10) == 2  # one train and one val row, not duplicated
+    assert json.loads(first)["val/loss"] == json.loads((run_dir / "summary.json").read_text())["val/loss"]

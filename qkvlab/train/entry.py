@@ -80,8 +80,8 @@ def train_job(cfg: DictConfig) -> JobResult | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     previous = load_run(run_dir)
-    if previous.finished and run_dir.name == run_id(job_config(cfg)):
-        print(f"skipped, already completed: {run_dir}", flush=True)
+    if previous.finished and run_dir.name == run_id(job_config(cfg)) and cfg.train.resume != "never":
+        print(f"skipped, already completed: {run_dir} (train.resume=never trains it again)", flush=True)
         return JobResult(previous.summary)
     try:
         typed = to_typed(cfg)

@@ -56,4 +56,4 @@ def test_ci_smoke_sweep_compare_and_rerun(run_cli, tmp_path):
     single = run_cli("train", "experiment=ci_smoke", "variant=k_eq_v", "seed=1", *reversed(FAST), env_extra=ONE_THREAD)
     assert single.returncode == 0, single.stderr[-2000:]
     assert "skipped, already completed:" in single.stdout
-    assert single.stdout.strip().split(": ", 1)[1] in {str(d) for d in dirs}
+    assert single.stdout.strip().split(": ", 1)[1].split(" (")[0] in {str(d) for d in dirs}
