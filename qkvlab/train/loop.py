@@ -276,16 +276,17 @@ class Trainer:
             st.wall_time = wall_before + time.perf_counter() - segment_start
             self.save()
         mark_final(self.last_checkpoint)
+        tokens = t.steps * self.tokens_per_step
         return {
             **st.val,
             **st.best,
             "train/loss": st.last_train.get("train/loss"),
             "train/nonfinite_skipped": st.nonfinite_skipped,
             "step": t.steps,
-            "tokens": t.steps * self.tokens_per_step,
-            "compute/flops": self.info.stats["compute/flops_per_token"] * t.steps * self.tokens_per_step,
-            "compute/tokens_per_param": t.steps * self.tokens_per_step / self.info.stats["params/matmul"],
-            "throughput/tokens_per_s": t.steps * self.tokens_per_step / max(st.train_time, 1e-9),
+            "tokens": tokens,
+            "compute/flops": self.info.stats["compute/flops_per_token"] * tokens,
+            "compute/tokens_per_param": tokens / self.info.stats["params/matmul"],
+            "throughput/tokens_per_s": tokens / max(st.train_time, 1e-9),
             "wall_time_s": wall_before + time.perf_counter() - segment_start,
         }
 
