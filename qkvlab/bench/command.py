@@ -58,7 +58,7 @@ def bench(variants: Sequence[str], overrides: Sequence[str], opts) -> dict[str, 
     from tqdm.auto import tqdm
 
     from qkvlab.bench.peaks import device_peak
-    from qkvlab.bench.run import bench_variant
+    from qkvlab.bench.run import bench_variants
     from qkvlab.train.device import pick_device, resolve_precision
 
     configs = [compose_config([*BASE_OVERRIDES, *overrides, f"variant={v}"]) for v in variants]
@@ -66,9 +66,7 @@ def bench(variants: Sequence[str], overrides: Sequence[str], opts) -> dict[str, 
     device = pick_device(first.train.device)
     precision = resolve_precision(first.train.precision, device)
     peak, peak_source, device_name = device_peak(device, precision)
-    rows = []
-    for cfg in tqdm(configs, desc="bench", unit="variant"):
-        rows.append(bench_variant(cfg, opts, peak))
+    rows = bench_variants(configs, opts, peak, lambda cfgs: tqdm(cfgs, desc="bench: training", unit="variant"))
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),

@@ -4,7 +4,8 @@ Training: the bare model step (`Trainer.update` on a batch already on the
 device) against the full `Trainer.fit` loop (data, logging, progress bar,
 metrics), timed in alternating blocks so machine noise hits both alike.
 Inference: prefill and one-token decode through the KV cache at several
-context lengths, on a causal twin of the model (same shape, same speed).
+context lengths, on a causal twin of the model (same shape, same speed),
+all variants timed round-robin.
 """
 
 from __future__ import annotations
@@ -99,54 +100,78 @@ def mha_twin(spec: AttentionSpec) -> AttentionSpec:
 
 
 @torch.no_grad()
-def bench_inference(cfg: Config, vocab: int, device: torch.device, precision: str, opts: BenchOptions) -> dict[str, Any]:
-    causal = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, causal=True))
-    validate(causal)
-    model = build_model(causal, vocab).to(device).eval()
+def bench_inference(cfgs: list[Config], vocab: int, device: torch.device, precision: str, opts: BenchOptions) -> list[dict[str, Any]]:
+    """Prefill and decode speeds of every variant, timed round-robin: repeat r of each
+    variant runs next to repeat r of the others, so drift in a shared machine's speed
+    (minutes apart, it moves by 10-20% on a small VM) hits all variants alike."""
+    models = []
+    for cfg in cfgs:
+        causal = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, causal=True))
+        validate(causal)
+        models.append(build_model(causal, vocab).to(device).eval())
     dtype, amp = compute_dtype(precision), autocast(device, precision)
-    contexts = [c for c in opts.contexts if c <= cfg.model.context] or [cfg.model.context]
+    context = min(cfg.model.context for cfg in cfgs)
+    contexts = [c for c in opts.contexts if c <= context] or [context]
     gen = torch.Generator(device="cpu").manual_seed(0)
-    speeds: dict[str, dict[str, float]] = {}
+    speeds: list[dict[str, dict[str, float]]] = [{} for _ in models]
     for L in contexts:
         prompt = torch.randint(0, vocab, (1, L), generator=gen).to(device)
         n = min(opts.decode_tokens, L - 1)
-
-        def prefill() -> None:
+        timers = []
+        for model in models:
+            cache = KVCache(model, 1, L, dtype)
             with amp:
-                model(prompt, KVCache(model, 1, L, dtype), 0)
+                model(prompt[:, : L - n], cache, 0)
 
-        cache = KVCache(model, 1, L, dtype)
-        with amp:
-            model(prompt[:, : L - n], cache, 0)
+            def prefill(model=model) -> None:
+                with amp:
+                    model(prompt, KVCache(model, 1, L, dtype), 0)
 
-        def decode() -> None:
-            with amp:
-                for i in range(n):
-                    model(prompt[:, L - n + i : L - n + i + 1], cache, L - n + i)
+            def decode(model=model, cache=cache) -> None:
+                with amp:
+                    for i in range(n):
+                        model(prompt[:, L - n + i : L - n + i + 1], cache, L - n + i)
 
-        prefill_s = median_seconds(prefill, device, opts.repeats, warmup=1)
-        decode_s = median_seconds(decode, device, opts.repeats, warmup=1)
-        speeds[str(L)] = {"prefill_tokens_per_s": L / prefill_s, "decode_tokens_per_s": n / decode_s}
+            timers.append((prefill, decode))
+        times = [([], []) for _ in models]
+        for r in range(1 + opts.repeats):
+            for (prefill, decode), (tp, td) in zip(timers, times):
+                p_s = median_seconds(prefill, device, 1, warmup=0)
+                d_s = median_seconds(decode, device, 1, warmup=0)
+                if r:  # the first round warms up
+                    tp.append(p_s)
+                    td.append(d_s)
+        for out, (tp, td) in zip(speeds, times):
+            out[str(L)] = {
+                "prefill_tokens_per_s": L / statistics.median(tp),
+                "decode_tokens_per_s": n / statistics.median(td),
+            }
     L = contexts[-1]
-    measured = KVCache(model, 1, L, dtype).bytes_per_token()
-    mha = len(model.blocks) * LayerKVCache(mha_twin(model.spec), 1, L, device, dtype).nbytes / L
-    return {
-        "kv_cache/bytes_per_token": measured,
-        "kv_cache/bytes_per_token_closed_form": kv_cache_bytes_per_token(model.spec, len(model.blocks), dtype),
-        "kv_cache/ratio_vs_mha": measured / mha,
-        "inference": speeds,
-    }
+    rows = []
+    for model, speed in zip(models, speeds):
+        measured = KVCache(model, 1, L, dtype).bytes_per_token()
+        mha = len(model.blocks) * LayerKVCache(mha_twin(model.spec), 1, L, device, dtype).nbytes / L
+        rows.append({
+            "kv_cache/bytes_per_token": measured,
+            "kv_cache/bytes_per_token_closed_form": kv_cache_bytes_per_token(model.spec, len(model.blocks), dtype),
+            "kv_cache/ratio_vs_mha": measured / mha,
+            "inference": speed,
+        })
+    return rows
 
 
-def bench_variant(cfg: Config, opts: BenchOptions, peak_flops: float) -> dict[str, Any]:
-    train, trainer = bench_training(cfg, opts, peak_flops)
-    infer = bench_inference(cfg, trainer.info.vocab_size, trainer.device, trainer.precision, opts)
-    return {
-        "variant": cfg.variant.name,
-        "sharing": cfg.variant.sharing,
-        "n_kv_heads": trainer.spec.n_kv_heads,
-        **{k: trainer.info.stats[k] for k in ("params/total", "params/attention")},
-        **train,
-        **infer,
-    }
-
+def bench_variants(cfgs: list[Config], opts: BenchOptions, peak_flops: float, progress) -> list[dict[str, Any]]:
+    """Training costs one variant at a time (each step is long enough to time alone),
+    then inference for all variants together."""
+    rows, trainer = [], None
+    for cfg in progress(cfgs):
+        train, trainer = bench_training(cfg, opts, peak_flops)
+        rows.append({
+            "variant": cfg.variant.name,
+            "sharing": cfg.variant.sharing,
+            "n_kv_heads": trainer.spec.n_kv_heads,
+            **{k: trainer.info.stats[k] for k in ("params/total", "params/attention")},
+            **train,
+        })
+    infer = bench_inference(cfgs, trainer.info.vocab_size, trainer.device, trainer.precision, opts)
+    return [{**row, **inf} for row, inf in zip(rows, infer)]

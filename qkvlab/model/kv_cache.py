@@ -2,7 +2,8 @@
 
 A layer holds `spec.cached_tensors` buffers of shape (B, n_kv_heads, max_len,
 d_head): rotated K and V for `mha`/`q_eq_k`, the single unrotated shared
-projection S for `k_eq_v`/`q_eq_k_eq_v`. GQA/MQA shrink n_kv_heads, so the
+projection S for `k_eq_v`/`q_eq_k_eq_v` (with RoPE in fp32/fp64, its rotary
+pairs side by side: see attention.py). GQA/MQA shrink n_kv_heads, so the
 buffers hold only the KV heads. `nbytes` sums the buffers actually allocated,
 which is what bench reports next to the closed-form figure.
 """
@@ -18,7 +19,7 @@ class LayerKVCache:
     def __init__(self, spec: AttentionSpec, batch: int, max_len: int, device, dtype: torch.dtype):
         shape = (batch, spec.n_kv_heads, max_len, spec.d_head)
         self.buffers = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(spec.cached_tensors)]
-        self.max_len = max_len
+        self.max_len, self.dtype = max_len, dtype
 
     def update(self, start: int, new: list[torch.Tensor]) -> list[torch.Tensor]:
         """Write `new` (B, kv, T, d) at positions start..start+T; views of everything cached so far."""

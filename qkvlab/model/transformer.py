@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkvlab.config import Config, ModelConfig, n_kv_heads
-from qkvlab.model.attention import FAMILIES, AttentionSpec
+from qkvlab.model.attention import FAMILIES, AttentionSpec, Rope
 
 if TYPE_CHECKING:
     from qkvlab.model.kv_cache import KVCache
@@ -94,10 +94,23 @@ class Transformer(nn.Module):
             scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("out.weight", "down.weight")) else 1.0
             nn.init.normal_(p, mean=0.0, std=std * scale)
 
-    def rope(self, start: int, length: int) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    def rope(self, start: int, length: int, decoding: bool = False) -> Optional[Rope]:
+        """Rotary tables for positions start..start+length; decoding adds the complex form
+        (fp32/fp64 tables only: complex bf16 does not exist)."""
         if self.cfg.positions != "rope":
             return None
-        return self.rope_cos[start : start + length], self.rope_sin[start : start + length]
+        end = start + length
+        cis = self._rope_cis()[start:end] if decoding and self.rope_cos.dtype in (torch.float32, torch.float64) else None
+        return Rope(self.rope_cos[start:end], self.rope_sin[start:end], cis)
+
+    def _rope_cis(self) -> torch.Tensor:
+        """cos + i·sin of the first half, built once per device and dtype of the tables. Not a
+        buffer: casting a model to bf16 would silently drop a complex buffer's imaginary part."""
+        key = (self.rope_cos.device, self.rope_cos.dtype, self.rope_cos.data_ptr())
+        if getattr(self, "_cis", (None, None))[0] != key:
+            h = self.rope_cos.shape[-1] // 2
+            self._cis = (key, torch.complex(self.rope_cos[:, :h], self.rope_sin[:, :h]))
+        return self._cis[1]
 
     def forward(self, idx: torch.Tensor, cache: Optional["KVCache"] = None, start_pos: int = 0) -> torch.Tensor:
         """Logits for `idx`; with a `cache`, `idx` holds the tokens at start_pos.. and the cache the ones before."""
@@ -111,7 +124,7 @@ class Transformer(nn.Module):
             for block in self.blocks:
                 x = block(x, rope)
         else:
-            rope = self.rope(0, start_pos + T)
+            rope = self.rope(0, start_pos + T, decoding=True)
             for i, block in enumerate(self.blocks):
                 x = block(x, rope, cache[i], start_pos)
         return self.head(self.norm(x))

@@ -1,8 +1,11 @@
 """The training loop: one run, one run directory.
 
-Losses stay on the device between log points; the only per-step read is the
-one scalar that decides whether an update is finite. All loop state lives in
-`LoopState`, so a checkpoint taken at any step boundary resumes bit for bit.
+Losses and finiteness flags stay on the device between log points. On CUDA
+the fused AdamW skips a non-finite update itself (its `found_inf` input), so
+the loop never waits for the GPU between log points; elsewhere the skip is a
+host decision, one scalar read per step, which costs nothing on a CPU. All
+loop state lives in `LoopState`, so a checkpoint taken at any step boundary
+resumes bit for bit.
 """
 
 from __future__ import annotations
@@ -128,6 +131,7 @@ class Trainer:
         self.model = build_model(cfg, vocab).to(self.device)
         self.cfg = cfg = resolve_steps(cfg, matmul_params(self.model))
         self.optimizer = make_optimizer(self.model, cfg.optim, self.device)
+        self.skip_on_device = bool(self.optimizer.defaults.get("fused"))
         self.step_fn = torch.compile(self.model) if cfg.train.compile else self.model
         self.info = RunInfo(
             device=str(self.device),
@@ -162,22 +166,22 @@ class Trainer:
         self.last_checkpoint = write_checkpoint(self.run_dir, self.state.step, self.state_dict(), self.cfg.train.keep_checkpoints)
         return self.last_checkpoint
 
-    def train_step(self, step: int) -> tuple[torch.Tensor, bool]:
-        """One optimizer step; False (and no update) when the loss or the gradients are not finite.
-
-        Deciding to skip reads one scalar from the device per step: the price of
-        never letting a NaN reach the weights."""
+    def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step: (mean loss, finite) as device tensors; no update when not finite."""
         cfg = self.cfg
         lr = lr_at(step, cfg.train.steps, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return self.update(self.data.train_batch(step, micro) for micro in range(cfg.train.grad_accum))
 
-    def update(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, bool]:
+    def update(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over grad_accum micro-batches: the bare model step bench times."""
         cfg = self.cfg
         total = torch.zeros((), device=self.device)
         for x, y in batches:
+            if self.device.type == "cuda" and x.device.type == "cpu":
+                # Pinned host memory makes the copy asynchronous: the host runs ahead of the GPU.
+                x, y = x.pin_memory(), y.pin_memory()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.amp:
                 logits = self.step_fn(x)
@@ -190,8 +194,11 @@ class Trainer:
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         mean = total / cfg.train.grad_accum
-        finite = bool(torch.isfinite(mean) & torch.isfinite(norm))
-        if finite:
+        finite = torch.isfinite(mean) & torch.isfinite(norm)
+        if self.skip_on_device:
+            self.optimizer.found_inf = (~finite).float()
+            self.optimizer.step()
+        elif bool(finite):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return mean, finite
@@ -211,6 +218,19 @@ class Trainer:
                 f"{kept}; lower optim.lr or raise optim.warmup_steps"
             )
 
+    def settle(self, pending: list[tuple[int, torch.Tensor]]) -> None:
+        """Count the finiteness flags of the steps since the last settle, in order, with one
+        device read; raises Diverged at the step where the policy gives up."""
+        st = self.state
+        flags = torch.stack([f for _, f in pending]).tolist() if pending else []
+        for (done, _), ok in zip(pending, flags):
+            if ok:
+                st.window_finite += 1
+                st.nonfinite_in_a_row = 0
+            else:
+                self._nonfinite(done)
+        pending.clear()
+
     def fit(self, writer: MetricsWriter, stop: StopRequest | None = None) -> dict[str, Any]:
         cfg, t, st = self.cfg, self.cfg.train, self.state
         segment_start = time.perf_counter()
@@ -220,18 +240,21 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=st.step, desc=f"{cfg.variant.name}", unit="step", disable=not t.progress, dynamic_ncols=True)
         tick = time.perf_counter()
         self.model.train()
+        pending: list[tuple[int, torch.Tensor]] = []
         for step in range(st.step, t.steps):
             loss, finite = self.train_step(step)
             done = step + 1
             st.step = done
             st.window_steps += 1
-            if finite:
-                window_loss += loss
-                st.window_finite += 1
-                st.nonfinite_in_a_row = 0
-            else:
-                self._nonfinite(done)
-            if done % t.log_every == 0 or done == t.steps:
+            window_loss += torch.where(finite, loss, 0.0)
+            pending.append((done, finite))
+            log_now = done % t.log_every == 0 or done == t.steps
+            eval_now = done % t.eval_every == 0 or done == t.steps
+            preempted = stop is not None and stop.requested and done < t.steps
+            save_now = done % t.checkpoint_every == 0 or done == t.steps or preempted
+            if not self.skip_on_device or log_now or eval_now or save_now:
+                self.settle(pending)
+            if log_now:
                 mean_loss = float(window_loss) / st.window_finite if st.window_finite else float("nan")
                 window_time += time.perf_counter() - tick
                 st.train_time += window_time
@@ -252,7 +275,7 @@ class Trainer:
                 window_loss = torch.zeros((), device=self.device)
                 st.window_finite, st.window_steps, window_time = 0, 0, 0.0
                 tick = time.perf_counter()
-            if done % t.eval_every == 0 or done == t.steps:
+            if eval_now:
                 window_time += time.perf_counter() - tick
                 st.val = self.validate()
                 writer.log(done, done * self.tokens_per_step, st.val)
@@ -261,8 +284,7 @@ class Trainer:
                 bar.set_postfix(loss=f"{st.last_train.get('train/loss', float('nan')):.4f}", val=f"{st.val['val/loss']:.4f}", refresh=False)
                 tick = time.perf_counter()
             bar.update(1)
-            preempted = stop is not None and stop.requested and done < t.steps
-            if done % t.checkpoint_every == 0 or done == t.steps or preempted:
+            if save_now:
                 window_time += time.perf_counter() - tick
                 st.window_loss = float(window_loss)
                 st.wall_time = wall_before + time.perf_counter() - segment_start

@@ -8,6 +8,7 @@ import torch
 from qkvlab.cli import CONF_DIR
 from qkvlab.config import Config
 from qkvlab.model import build_model, kv_cache_bytes_per_token
+from qkvlab.model.attention import from_pairs, to_pairs
 from qkvlab.model.kv_cache import KVCache
 
 from tests.helpers import make_config
@@ -55,7 +56,23 @@ def test_k_eq_v_caches_one_unrotated_tensor_per_kv_head():
         s = attn.project(model.blocks[0].norm1(model.tok_emb(idx)))["k"]
     (buf,) = cache[0].buffers
     assert buf.shape == (1, 1, 8, 16)  # 4 heads / GQA-4 = 1 KV head
-    torch.testing.assert_close(buf, s)
+    # S itself, unrotated, with its rotary pairs side by side.
+    torch.testing.assert_close(from_pairs(buf), s)
+    torch.testing.assert_close(to_pairs(from_pairs(buf)), buf)
+
+
+@pytest.mark.parametrize("variant", ["k_eq_v", "q_eq_k_eq_v", "mha"])
+def test_bf16_decoding_matches_bf16_recomputation(variant):
+    """bf16 has no complex twin, so the single-tensor cache takes the rotate-half path there."""
+    torch.manual_seed(0)
+    model = build_model(causal_cfg(variant), vocab_size=50).eval().to(torch.bfloat16)
+    idx = torch.randint(0, 50, (1, 16))
+    with torch.no_grad():
+        full = model(idx).float()
+        cache = KVCache(model, batch=1, max_len=16)
+        parts = [model(idx[:, :8], cache, 0)] + [model(idx[:, t : t + 1], cache, t) for t in range(8, 16)]
+    assert cache[0].dtype == torch.bfloat16
+    torch.testing.assert_close(torch.cat(parts, dim=1).float(), full, rtol=0.05, atol=0.05)
 
 
 def test_cache_bytes_shrink_as_the_study_claims():

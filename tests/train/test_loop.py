@@ -39,3 +39,29 @@ def test_summary_holds_the_contract(tmp_path):
 def test_grad_accumulation_matches_the_step_count(tmp_path):
     s = run(make_config(*FAST, "train.grad_accum=2"), tmp_path)
     assert s["tokens"] == 60 * 2 * 64 * 32
+
+
+def test_fused_optimizer_skips_nonfinite_updates_without_a_per_step_read(tmp_path, monkeypatch):
+    """CUDA's path, on the CPU's fused AdamW: the optimizer drops a non-finite update itself
+    (found_inf), the loop reads the flags only at the next log point and still names the
+    step where the policy gave up."""
+    import pytest
+    import torch
+
+    from qkvlab.track.metrics import MetricsWriter
+    from qkvlab.train import loop
+
+    real = loop.make_optimizer
+    monkeypatch.setattr(loop, "make_optimizer", lambda model, o, device: real(model, o, torch.device("cuda")))
+    cfg = make_config(*FAST, "optim.lr=1e30", "optim.warmup_steps=0", "train.max_nonfinite=4", "train.checkpoint_every=50")
+    trainer = loop.Trainer(cfg, tmp_path)
+    assert trainer.skip_on_device
+    reads = []
+    settle = trainer.settle
+    monkeypatch.setattr(trainer, "settle", lambda pending: (reads.append(len(pending)), settle(pending)))
+    writer = MetricsWriter(tmp_path)
+    with pytest.raises(loop.Diverged, match=r"at step 5 \(4 steps in a row, train.on_nonfinite=skip\)"):
+        trainer.fit(writer)
+    writer.close()
+    assert reads == [10] and trainer.state.step == 10
+    assert all(bool(p.isfinite().all()) for p in trainer.model.parameters())
