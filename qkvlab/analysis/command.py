@@ -72,7 +72,7 @@ def compare_command(args: list[str]) -> None:
     from qkvlab.analysis.report import render, write_csv, write_runs_csv
     from qkvlab.rundir import find_runs
 
-    opts = parser().parse_args(args)
+    opts = parser().parse_intermixed_args(args)
     missing = [p for p in opts.paths if not glob.glob(p)]
     if missing:
         fail(f"no such path: {missing[0]}; pass run directories, sweep directories or globs (e.g. outputs/ci_smoke)")

@@ -216,7 +216,7 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="where the table and plots go (default: PATH/scaling)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap draws (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    return p.parse_args(args)
+    return p.parse_intermixed_args(args)
 
 
 def run_scaling(ns: argparse.Namespace) -> str:

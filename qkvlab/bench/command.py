@@ -43,7 +43,7 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-loop", action="store_true", help="skip timing the full train loop")
     parser.add_argument("--out", default=None, help="JSON path (default outputs/bench/bench_<model>_<time>.json)")
     parser.add_argument("overrides", nargs="*", help="config overrides as in train, e.g. model=small train.compile=true")
-    ns = parser.parse_args(args)
+    ns = parser.parse_intermixed_args(args)
     for key in ("steps", "repeats", "decode_tokens"):
         if getattr(ns, key) < 1:
             raise ConfigError(f"--{key.replace('_', '-')}={getattr(ns, key)} must be at least 1")

@@ -31,7 +31,7 @@ def eval_main(args: list[str]) -> None:
                         help="context lengths, e.g. 512,1024,2048 (default: the run's seq_len and those of "
                         "512,1024,2048 that fit model.context; synthetic tasks: their seq_len)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
-    ns = parser.parse_args(args)
+    ns = parser.parse_intermixed_args(args)
     print(format_report(evaluate_run(ns.run_dir, ns.overrides, ns.contexts)), flush=True)
 
 
@@ -75,7 +75,7 @@ def generate_main(args: list[str]) -> None:
     parser.add_argument("--num-samples", type=int, default=1)
     parser.add_argument("--no-cache", action="store_true", help="recompute the full sequence each step (reference)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
-    ns = parser.parse_args(args)
+    ns = parser.parse_intermixed_args(args)
     s = Sampling(ns.max_new_tokens, ns.temperature, ns.top_k, ns.top_p)
     check_sampling(s)
     if ns.num_samples < 1:

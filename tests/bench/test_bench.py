@@ -56,3 +56,11 @@ def test_accelerator_peaks_match_the_most_specific_name():
     assert accelerator_peak("NVIDIA H100 PCIe", "bf16") == 756e12
     assert accelerator_peak("NVIDIA A10G", "fp32") == 35e12
     assert accelerator_peak("Some Future GPU", "bf16") is None
+
+
+def test_overrides_may_come_before_and_after_options():
+    from qkvlab.bench.command import parse_args
+
+    ns = parse_args(["model=small", "--variants", "mha,k_eq_v", "--no-loop", "train.compile=true", "--steps", "3"])
+    assert ns.overrides == ["model=small", "train.compile=true"]
+    assert ns.variants == "mha,k_eq_v" and ns.no_loop and ns.steps == 3
