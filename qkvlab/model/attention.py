@@ -15,9 +15,9 @@ tensor S is rotated to make keys (and queries when Q=K) while values stay
 unrotated S, so `k_eq_v` caches one tensor per KV head (see kv_cache.py):
 the decoding path re-rotates the cached S at attention time. That rotation
 touches the whole cache every step, so decoding keeps S with its rotary pairs
-side by side and rotates it as one complex multiply (a third of the memory
-traffic of the rotate-half form), which keeps `k_eq_v` decoding at least as
-fast as `mha` on a CPU.
+side by side and rotates it as one complex multiply (one pass over memory,
+less than half the time of the rotate-half form), which keeps `k_eq_v`
+decoding level with `mha` on a CPU.
 
 Further attention families register themselves in `FAMILIES` by name; a
 variant config picks one with `variant.family`.
