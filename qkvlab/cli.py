@@ -7,6 +7,7 @@ or value fails at start-up in one line instead of in job 37.
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import os
 import sys
@@ -217,43 +218,22 @@ def guarded(main: Callable[[list[str]], None], args: list[str]) -> None:
         fail(describe_error(exc), code=1)
 
 
-def eval_command(args: list[str]) -> None:
-    from qkvlab.infer.commands import eval_main
+def lazy_command(module: str, name: str) -> Callable[[list[str]], None]:
+    """A guarded command whose module is imported only when it runs: `qkvlab --help` stays fast."""
 
-    guarded(eval_main, args)
+    def command(args: list[str]) -> None:
+        guarded(getattr(importlib.import_module(module), name), args)
 
-
-def generate_command(args: list[str]) -> None:
-    from qkvlab.infer.commands import generate_main
-
-    guarded(generate_main, args)
-
-
-def bench_command(args: list[str]) -> None:
-    from qkvlab.bench.command import bench_main
-
-    guarded(bench_main, args)
-
-
-def scaling_command(args: list[str]) -> None:
-    from qkvlab.analysis.scaling import scaling_command as run
-
-    guarded(run, args)
-
-
-def compare_command(args: list[str]) -> None:
-    from qkvlab.analysis.command import compare_command as run_compare
-
-    guarded(run_compare, args)
+    return command
 
 
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": train_command,
-    "compare": compare_command,
-    "scaling": scaling_command,
-    "eval": eval_command,
-    "generate": generate_command,
-    "bench": bench_command,
+    "compare": lazy_command("qkvlab.analysis.command", "compare_command"),
+    "scaling": lazy_command("qkvlab.analysis.scaling", "scaling_command"),
+    "eval": lazy_command("qkvlab.infer.commands", "eval_main"),
+    "generate": lazy_command("qkvlab.infer.commands", "generate_main"),
+    "bench": lazy_command("qkvlab.bench.command", "bench_main"),
 }
 
 

@@ -68,12 +68,8 @@ def device_peak(device: torch.device, precision: str) -> tuple[float, str, str]:
 
 
 def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
     import platform
 
-    return platform.processor() or "cpu"
+    from qkvlab.train.device import cpuinfo
+
+    return cpuinfo("model name") or platform.processor() or "cpu"

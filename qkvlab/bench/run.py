@@ -24,7 +24,6 @@ from qkvlab.bench.measure import median_seconds, peak_memory, synchronize
 from qkvlab.config import Config, validate
 from qkvlab.model import build_model, kv_cache_bytes_per_token
 from qkvlab.model.attention import AttentionSpec
-from qkvlab.model.flops import matmul_params, train_flops_per_token
 from qkvlab.model.kv_cache import KVCache, LayerKVCache
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.device import autocast, compute_dtype
@@ -77,7 +76,7 @@ def bench_training(cfg: Config, opts: BenchOptions, peak_flops: float) -> tuple[
                 loop.append(opts.steps * trainer.tokens_per_step / result["throughput/tokens_per_s"])
     step_s = statistics.median(bare) / opts.steps
     tokens_per_s = trainer.tokens_per_step / step_s
-    flops = train_flops_per_token(trainer.model, cfg.data.seq_len)
+    flops = trainer.info.stats["compute/flops_per_token"]
     loop_step_s = statistics.median(loop) / opts.steps if loop else None
     return {
         "train/first_step_s": first_step_s,
@@ -91,7 +90,7 @@ def bench_training(cfg: Config, opts: BenchOptions, peak_flops: float) -> tuple[
         # From the fastest blocks: contention on a shared machine only ever adds time.
         "loop/overhead": min(loop) / min(bare) - 1 if loop else None,
         "tokens_per_step": trainer.tokens_per_step,
-        "params/matmul": matmul_params(trainer.model),
+        "params/matmul": trainer.info.stats["params/matmul"],
     }, trainer
 
 

@@ -119,14 +119,9 @@ class Transformer(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start_pos, start_pos + T, device=idx.device))
         x = self.drop(x)
-        if cache is None:
-            rope = self.rope(0, T)
-            for block in self.blocks:
-                x = block(x, rope)
-        else:
-            rope = self.rope(0, start_pos + T, decoding=True)
-            for i, block in enumerate(self.blocks):
-                x = block(x, rope, cache[i], start_pos)
+        rope = self.rope(0, start_pos + T, decoding=cache is not None)
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope, None if cache is None else cache[i], start_pos)
         return self.head(self.norm(x))
 
 

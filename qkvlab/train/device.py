@@ -22,15 +22,20 @@ def pick_device(name: str) -> torch.device:
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
-def cpu_flags() -> set[str]:
+def cpuinfo(field: str) -> str | None:
+    """The first `field` line of /proc/cpuinfo (Linux), or None."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return set(line.partition(":")[2].split())
-    return set()
+        if line.startswith(field):
+            return line.partition(":")[2].strip()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    return set((cpuinfo("flags") or "").split())
 
 
 @functools.lru_cache(maxsize=1)
