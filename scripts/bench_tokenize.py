@@ -35,16 +35,9 @@ def timed(fn, repeat: int = 1) -> tuple[float, object]:
 
 def config(corpus: Path, *overrides: str):
     """The composed config, exactly as `qkvlab train data=text data.path=<corpus> ...` would see it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from qkvlab.cli import compose_config
 
-    from qkvlab.cli import CONF_DIR
-    from qkvlab.config import register_configs, to_typed
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return to_typed(compose("config", overrides=["data=text", f"data.path={corpus}", "train.progress=false", "train.device=cpu", *overrides]))
+    return compose_config(["data=text", f"data.path={corpus}", "train.progress=false", "train.device=cpu", *overrides])
 
 
 def bench_tokenize(corpus: Path, vocab: int) -> dict:

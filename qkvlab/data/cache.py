@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 from filelock import FileLock, Timeout
 
+from qkvlab.track.metrics import write_json_atomic
+
 COMPLETE = "meta.json"
 
 
@@ -43,9 +45,7 @@ def read_meta(path: Path) -> dict[str, Any]:
 
 def write_meta(path: Path, meta: dict[str, Any]) -> None:
     """Written last by a builder: its presence marks the entry complete."""
-    tmp = path / (COMPLETE + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
-    os.replace(tmp, path / COMPLETE)
+    write_json_atomic(path / COMPLETE, meta)
 
 
 def build_once(path: Path, build: Callable[[Path], None], what: str) -> Path:

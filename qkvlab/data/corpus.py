@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
@@ -64,7 +63,8 @@ def check_corpus(d: DataConfig) -> None:
 def identity(d: DataConfig) -> dict[str, Any]:
     """What makes two corpora the same for the token cache (local files: path, size and mtime)."""
     if d.path is not None:
-        files = [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in local_files(d.path)]
+        stats = [(p, p.stat()) for p in local_files(d.path)]
+        files = [(str(p), st.st_size, st.st_mtime_ns) for p, st in stats]
         return {"files": files, "text_field": d.text_field, "split": d.split}
     return {"hub": d.hub, "config": d.hub_config, "split": d.split, "text_field": d.text_field}
 
@@ -73,18 +73,9 @@ def label(d: DataConfig) -> str:
     return Path(d.path).name if d.path is not None else f"{d.hub}-{d.hub_config or ''}-{d.split}"
 
 
-def total_bytes(d: DataConfig) -> int | None:
-    return sum(p.stat().st_size for p in local_files(d.path)) if d.path is not None else None
-
-
-@dataclass
-class ReadStats:
-    """Counted while reading, reported in one line at the end."""
-
-    documents: int = 0
-    chars: int = 0
-    replaced: int = 0
-    files: list[Path] = field(default_factory=list)
+def total_bytes(corpus_id: dict[str, Any]) -> int | None:
+    """A local corpus's size, from its identity: what the tokenizing progress bar counts to."""
+    return sum(size for _, size, _ in corpus_id["files"]) if "files" in corpus_id else None
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -111,12 +102,13 @@ def go_offline() -> None:
     datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
 
 
-def load(d: DataConfig):
-    """The corpus as a `datasets` (Iterable)Dataset: the one loading path for hub and local text."""
+def load(d: DataConfig, files: list[Path] | None = None):
+    """The corpus as a `datasets` (Iterable)Dataset: the one loading path for hub and local text.
+    `files`: the local files when the caller listed them already."""
     import datasets
 
     if d.path is not None:
-        files = local_files(d.path)
+        files = files or local_files(d.path)
         builder = BUILDERS[files[0].suffix.lower()]
         kwargs: dict[str, Any] = {"data_files": [str(p) for p in files]}
         if builder in ("text", "json"):
@@ -162,35 +154,33 @@ def split_document(text: str, size: int = PIECE_CHARS) -> list[str]:
     return pieces
 
 
-def documents(d: DataConfig, stats: ReadStats | None = None) -> Iterator[str]:
+def documents(d: DataConfig) -> Iterator[str]:
     """Every document's text, in corpus order; the corpus is opened now, so a missing one fails here."""
-    return _texts(load(d), d, stats if stats is not None else ReadStats())
+    files = local_files(d.path) if d.path is not None else []
+    return _texts(load(d, files), d, files)
 
 
-def _texts(ds, d: DataConfig, stats: ReadStats) -> Iterator[str]:
+def _texts(ds, d: DataConfig, files: list[Path]) -> Iterator[str]:
     local = d.path is not None
-    if local:
-        stats.files = local_files(d.path)
-    column = "text" if local and BUILDERS[stats.files[0].suffix.lower()] == "text" else d.text_field
+    column = "text" if local and BUILDERS[files[0].suffix.lower()] == "text" else d.text_field
     names = getattr(ds, "column_names", None)
     if names is not None and column not in names:
         raise ConfigError(f"data.text_field={column} is not a column of the corpus; its columns are: {', '.join(names)}")
+    replaced = 0
     for row in ds:
         if column not in row:
             raise ConfigError(f"data.text_field={column} is not a column of the corpus; its columns are: {', '.join(row)}")
         text = row[column]
         if not text:
             continue
-        stats.documents += 1
-        stats.chars += len(text)
         if local and REPLACEMENT in text:
-            stats.replaced += text.count(REPLACEMENT)
+            replaced += text.count(REPLACEMENT)
         yield text
-    if stats.replaced:
-        stats.replaced -= sum(_count_in_file(p) for p in stats.files)  # U+FFFD already in the files is text, not damage
-    if stats.replaced > 0:
+    if replaced:
+        replaced -= sum(_count_in_file(p) for p in files)  # U+FFFD already in the files is text, not damage
+    if replaced > 0:
         print(
-            f"qkvlab: warning: {stats.replaced} undecodable byte sequence(s) in {d.path} were replaced by U+FFFD",
+            f"qkvlab: warning: {replaced} undecodable byte sequence(s) in {d.path} were replaced by U+FFFD",
             file=sys.stderr,
             flush=True,
         )

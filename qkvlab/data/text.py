@@ -55,7 +55,7 @@ def cache_request(d: DataConfig, progress: bool = True) -> CacheRequest:
         documents=docs,
         max_tokens=d.max_tokens,
         num_proc=d.num_proc,
-        total_bytes=corpus.total_bytes(d),
+        total_bytes=corpus.total_bytes(corpus_id),
         progress=progress,
     )
 
@@ -84,15 +84,14 @@ class TextData:
         self.vocab_size = self.tokens.vocab_size
         self.eot = self.tokens.eot
         self.val_start = split_point(self.tokens, d.val_tokens)
-        # The last training window's last target is token val_start - 1.
-        self.train_end = self.val_start
-        if self.train_end < d.seq_len + 2:
-            raise ConfigError(f"the corpus has only {self.train_end:,} training tokens, fewer than data.seq_len={d.seq_len}; use a larger corpus")
+        if self.val_start < d.seq_len + 2:
+            raise ConfigError(f"the corpus has only {self.val_start:,} training tokens, fewer than data.seq_len={d.seq_len}; use a larger corpus")
         self._val = self._val_rows()
 
     def train_positions(self, step: int, micro: int = 0) -> np.ndarray:
         rng = np.random.default_rng([self.seed, _TRAIN_STREAM, step, micro])
-        return rng.integers(0, self.train_end - self.cfg.seq_len, size=self.cfg.batch_size)
+        # The last training window's last target is token val_start - 1.
+        return rng.integers(0, self.val_start - self.cfg.seq_len, size=self.cfg.batch_size)
 
     def train_batch(self, step: int, micro: int = 0) -> Batch:
         span = self.cfg.seq_len + 1

@@ -245,8 +245,9 @@ def open_token_cache(req: CacheRequest) -> TokenCache:
     def build(tmp: Path) -> None:
         docs = req.documents()  # the corpus first: a missing corpus is the error to report
         tok = req.tokenizer()
-        if tok.spec()[0] != "byte":
-            (tmp / "tokenizer.json").write_text(tok.spec()[1])
+        kind, payload = tok.spec()
+        if kind != "byte":
+            (tmp / "tokenizer.json").write_text(payload)
         stats = tokenize_into(
             tmp,
             docs,

@@ -7,7 +7,6 @@ no id is ever unknown.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
