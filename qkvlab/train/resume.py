@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from qkvlab import __version__
-from qkvlab.config import FORMAT_VERSION, Config, ConfigError
+from qkvlab.config import FORMAT_VERSION, ConfigError
 from qkvlab.rundir import load_run
 from qkvlab.track.metrics import write_json_atomic
 from qkvlab.train.checkpoint import (
@@ -106,9 +106,13 @@ def remove_temporaries(run_dir: Path) -> None:
                 p.unlink(missing_ok=True)
 
 
-def restore(trainer, cfg: Config, run_dir: Path, say: Callable[[str], None] = print) -> Optional[Path]:
-    """Load the checkpoint `train.resume` asks for into `trainer`; the checkpoint used, or None for a fresh start."""
+def restore(trainer, run_dir: Path, say: Callable[[str], None] = print) -> Optional[Path]:
+    """Load the checkpoint `train.resume` asks for into `trainer`; the checkpoint used, or None for a fresh start.
+
+    Checked against `trainer.cfg`, the config the run trains with (train.steps resolved
+    from train.tokens_per_param), which is also what its checkpoints record."""
     run_dir = Path(run_dir)
+    cfg = trainer.cfg
     mode = cfg.train.resume
     remove_temporaries(run_dir)
     if mode == "never":

@@ -63,7 +63,7 @@ def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
     try:
         with StopRequest() as stop:
             trainer = Trainer(cfg, run_dir)
-            restore(trainer, cfg, run_dir)
+            restore(trainer, run_dir)
             if cfg.train.resume == "never" or "wandb_id" not in meta:
                 meta = {"wandb_id": new_run_id()}
             write_run_file(run_dir, meta)

@@ -44,7 +44,7 @@ def test_auto_skips_a_damaged_newest_and_rewinds(run_dir):
     newest.write_bytes(newest.read_bytes()[:1000])
     said = []
     trainer = Trainer(tiny(), run_dir)
-    used = restore(trainer, tiny(), run_dir, say=said.append)
+    used = restore(trainer, run_dir, say=said.append)
     assert used.name == "step_00000020.pt" and trainer.state.step == 20
     assert "corrupt: truncated" in said[0] and said[1].startswith("qkvlab: resuming from")
     assert [s for s, _ in step_checkpoints(run_dir)] == [20, 10], "the damaged checkpoint no longer takes a slot"
@@ -54,27 +54,38 @@ def test_auto_skips_a_damaged_newest_and_rewinds(run_dir):
 def test_an_explicit_older_checkpoint_drops_the_abandoned_later_ones(run_dir):
     cfg = tiny(resume=str(run_dir / "checkpoints" / "step_00000010.pt"))
     trainer = Trainer(cfg, run_dir)
-    restore(trainer, cfg, run_dir, say=lambda _: None)
+    restore(trainer, run_dir, say=lambda _: None)
     assert trainer.state.step == 10 and [s for s, _ in step_checkpoints(run_dir)] == [10]
     assert steps_in(run_dir) == [5, 10]
 
 
 def test_never_starts_fresh(run_dir):
     said = []
-    assert restore(Trainer(tiny(resume="never"), run_dir), tiny(resume="never"), run_dir, say=said.append) is None
+    assert restore(Trainer(tiny(resume="never"), run_dir), run_dir, say=said.append) is None
     assert step_checkpoints(run_dir) == [] and steps_in(run_dir) == []
     assert "removed 3 old checkpoint(s)" in said[0]
 
 
 def test_a_checkpoint_beyond_train_steps_is_refused(run_dir):
     with pytest.raises(CheckpointError, match=r"at step 30, beyond train.steps=25"):
-        restore(Trainer(tiny(steps=25), run_dir), tiny(steps=25), run_dir, say=lambda _: None)
+        restore(Trainer(tiny(steps=25), run_dir), run_dir, say=lambda _: None)
 
 
 def test_a_checkpoint_from_another_run_brings_its_history(run_dir, tmp_path_factory):
     target = tmp_path_factory.mktemp("continued")
     cfg = tiny(resume=str(run_dir / "checkpoints" / "step_00000020.pt"))
     trainer = Trainer(cfg, target)
-    restore(trainer, cfg, target, say=lambda _: None)
+    restore(trainer, target, say=lambda _: None)
     assert trainer.state.step == 20 and steps_in(target) == [5, 10, 15, 20]
     assert [s for s, _ in step_checkpoints(run_dir)] == [30, 20, 10], "the source run is left as it was"
+
+
+def test_a_token_budget_run_resumes_past_the_default_step_count(tmp_path):
+    """train.steps comes from train.tokens_per_param once the model exists; resuming checks against that."""
+    trainer = Trainer(tiny(steps=300, tokens_per_param=20.0), tmp_path)
+    assert trainer.cfg.train.steps > 400
+    trainer.state.step = 400
+    trainer.save()
+    resumed = Trainer(tiny(steps=300, tokens_per_param=20.0), tmp_path)
+    assert restore(resumed, tmp_path, say=lambda _: None).name == "step_00000400.pt"
+    assert resumed.state.step == 400
