@@ -35,6 +35,12 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
+def error_line(exc: BaseException, limit: int | None = None) -> str:
+    """`Type: first line of the message` (cut at `limit` characters): a failure in one line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
+
+
 def full_errors() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 

@@ -17,6 +17,7 @@ resolver on import; `qkvlab.train.entry` imports it for every launcher.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -29,16 +30,28 @@ NOT_HASHED = ("hydra", "logger", "train.progress", "train.resume", "train.checkp
 HASH_LEN = 8
 
 
+def under(key: str, prefixes: tuple[str, ...]) -> bool:
+    """`key` is one of the dotted `prefixes` or lies under one of them."""
+    return any(key == k or key.startswith(k + ".") for k in prefixes)
+
+
 def _hashed(key: str) -> bool:
-    return not any(key == k or key.startswith(k + ".") for k in NOT_HASHED)
+    return not under(key, NOT_HASHED)
+
+
+@functools.cache
+def _schema_defaults() -> dict[str, Any]:
+    from qkvlab.config import Config
+    from qkvlab.rundir import flatten
+
+    return flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=True))
 
 
 def config_hash(config: dict[str, Any]) -> str:
     """Short stable hash of a plain (resolved) config: its non-default, result-changing values."""
-    from qkvlab.config import Config
     from qkvlab.rundir import flatten
 
-    defaults = flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=True))
+    defaults = _schema_defaults()
     values = {k: v for k, v in flatten(config).items() if _hashed(k) and (k not in defaults or defaults[k] != v)}
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_LEN]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from qkvlab.analysis.compare import Comparison, compare
-from qkvlab.cli import fail
+from qkvlab.cli import error_line, fail
 
 
 def parser() -> argparse.ArgumentParser:
@@ -82,12 +82,11 @@ def compare_command(args: list[str]) -> None:
     if not runs:
         fail(f"no run directories under {' '.join(opts.paths)}; a run directory holds .hydra/config.yaml, metrics.jsonl or summary.json")
     c = compare(runs, baseline=opts.baseline, alpha=opts.alpha, best_of=opts.best_of)
+    print(render(c, "text"), end="")
     if not c.groups:
-        print(render(c, "text"), end="")
         fail(f"none of the {len(runs)} run(s) completed; nothing to compare", code=1)
     out = opts.out or default_out(opts.paths)
     out.mkdir(parents=True, exist_ok=True)
-    print(render(c, "text"), end="")
     (out / "compare.md").write_text(render(c, "markdown"))
     write_csv(c, out / "compare.csv")
     write_runs_csv(c, out / "runs.csv")
@@ -101,4 +100,4 @@ def compare_command(args: list[str]) -> None:
         try:
             print(f"logged to W&B: {log_to_wandb(c, out / 'compare.csv', plots, opts.wandb_project)}")
         except Exception as exc:  # W&B is a view; the files above are the result
-            print(f"qkvlab: W&B logging failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); the files above are complete")
+            print(f"qkvlab: W&B logging failed ({error_line(exc)}); the files above are complete")

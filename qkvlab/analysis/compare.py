@@ -14,10 +14,11 @@ from typing import Any, Sequence
 
 from qkvlab.analysis.stats import Agg, delta_pct, welch_p
 from qkvlab.rundir import Run
+from qkvlab.runname import under
 
 # Config keys that never define a group: seeds are what we aggregate over, the
 # rest only change how a run was watched or restarted.
-NOT_GROUPING = ("seed", "logger.", "train.progress", "train.resume", "experiment")
+NOT_GROUPING = ("seed", "logger", "train.progress", "train.resume", "experiment")
 METRICS = (
     "val/loss",
     "best/val/loss",
@@ -82,7 +83,7 @@ class Comparison:
 
 
 def _grouping(key: str) -> bool:
-    return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_GROUPING)
+    return not under(key, NOT_GROUPING)
 
 
 def varying_keys(runs: Sequence[Run]) -> list[str]:

@@ -146,7 +146,7 @@ def _with_ci(x: float, ci: tuple[float, float] | None) -> str:
 
 
 def ladder_text(rep: LadderReport, ladder: Slice) -> str:
-    fixed = ", ".join(f"{k} {v}" for k, v in ladder.fixed.items())
+    fixed = ladder.fixed_text
     methods = {f.method for f in rep.fits.values()}
     ci_note = (
         "95% bootstrap intervals over " + "/".join(sorted(m for m in methods if m))

@@ -25,10 +25,13 @@ class Point:
     seed: int
     seq_len: int
     tokens_per_param: float
-    status: str
     compute: float | None
     loss: float | None
     params: int | None
+
+    @property
+    def status(self) -> str:
+        return self.run.status
 
     @property
     def finished(self) -> bool:
@@ -54,7 +57,6 @@ def to_point(run: Run, metric: str) -> Point:
         seed=int(s.get("seed", cfg.get("seed", 0))),
         seq_len=int(data.get("seq_len") or 0),
         tokens_per_param=float(tpp),
-        status=run.status,
         compute=s.get("compute/flops"),
         loss=float(loss) if isinstance(loss, (int, float)) else None,
         params=s.get("params/matmul"),
@@ -72,6 +74,11 @@ class Slice:
     axis: str
     fixed: dict
     points: tuple[Point, ...]
+
+    @property
+    def fixed_text(self) -> str:
+        """What stays fixed along the slice, for titles and tables."""
+        return ", ".join(f"{k} {v}" for k, v in self.fixed.items())
 
     def values(self) -> list:
         return sorted({self.axis_value(p) for p in self.points}, key=_sort_key(self))

@@ -120,7 +120,7 @@ def slice_gaps(sl: Slice, baseline: str) -> dict[str, dict]:
 
 
 def slice_text(sl: Slice, gaps: dict[str, dict], baseline: str) -> str:
-    fixed = ", ".join(f"{k} {v}" for k, v in sl.fixed.items())
+    fixed = sl.fixed_text
     xs = sl.values()
     header = ["variant"] + [f"{x:g}" if isinstance(x, float) else str(x) for x in xs]
     rows = [[v] + [f"{g[x]:+.2f}%" if x in g else "-" for x in xs] for v, g in gaps.items() if v != baseline]
@@ -165,7 +165,7 @@ def gap_along(sl: Slice, gaps: dict[str, dict], baseline: str, metric: str, path
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel(AXIS_LABEL[sl.axis])
     ax.set_ylabel(f"Δ% loss vs {baseline}")
-    fixed = ", ".join(f"{k} {v}" for k, v in sl.fixed.items())
+    fixed = sl.fixed_text
     ax.set_title(f"Gap along {AXIS_LABEL[sl.axis]} ({fixed})", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, which="both")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from qkvlab.cli import error_line
 from qkvlab.config import LoggerConfig
 
 
@@ -44,11 +45,6 @@ def server_unreachable(timeout: float = 3.0) -> str | None:
     except OSError as exc:
         return f"{url.hostname}:{port} is unreachable ({exc.strerror or type(exc).__name__})"
     return None
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
 
 
 class WandbSink:
@@ -91,7 +87,7 @@ class WandbSink:
                 try:
                     self._start("online")
                 except Exception as exc:
-                    why = _reason(exc)
+                    why = error_line(exc, 160)
                     self._teardown()
             if why is not None:
                 mode = "offline"
@@ -124,7 +120,7 @@ class WandbSink:
         try:
             fn(*args, **kwargs)
         except Exception as exc:
-            print(f"qkvlab: W&B failed while {what} ({_reason(exc)}); W&B is off for this run, metrics.jsonl keeps everything", flush=True)
+            print(f"qkvlab: W&B failed while {what} ({error_line(exc, 160)}); W&B is off for this run, metrics.jsonl keeps everything", flush=True)
             self._teardown()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:

@@ -56,7 +56,7 @@ def classify(exc: BaseException, run_dir: Path) -> tuple[int, str]:
     """Exit code and the one line that says what went wrong."""
     from qkvlab.train.checkpoint import CheckpointWriteError
     from qkvlab.train.loop import Diverged
-    from qkvlab.train.run import error_line
+    from qkvlab.cli import error_line
 
     if isinstance(exc, ConfigError):
         return EXIT_BAD_INPUT, str(exc)

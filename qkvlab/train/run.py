@@ -10,16 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qkvlab.config import Config
+from qkvlab.cli import error_line
+from qkvlab.config import Config, as_dict
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.track.wandb_sink import WandbSink, resolve_mode
 from qkvlab.train.loop import RunInfo, Trainer, base_summary, config_record
+from qkvlab.runname import readable_name
 from qkvlab.train.resume import new_run_id, read_run_file, restore, write_run_file
 from qkvlab.train.signals import Preempted, StopRequest
-
-
-def run_name(cfg: Config) -> str:
-    return f"{cfg.variant.name}-{cfg.data.name}-s{cfg.seed}"
 
 
 def make_sinks(cfg: Config, run_dir: Path, info: RunInfo, run_id: str | None = None) -> list:
@@ -31,7 +29,7 @@ def make_sinks(cfg: Config, run_dir: Path, info: RunInfo, run_id: str | None = N
             WandbSink(
                 cfg.logger,
                 run_dir,
-                name=run_name(cfg),
+                name=readable_name(as_dict(cfg)),
                 group=cfg.logger.group or cfg.experiment,
                 job_type=cfg.variant.name,
                 config=config_record(cfg, info),
@@ -42,11 +40,6 @@ def make_sinks(cfg: Config, run_dir: Path, info: RunInfo, run_id: str | None = N
     except Exception as exc:  # W&B is a view; metrics.jsonl keeps everything
         print(f"qkvlab: W&B could not start ({error_line(exc)}); continuing with metrics.jsonl only", flush=True)
         return []
-
-
-def error_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def status_of(exc: BaseException) -> str:
