@@ -97,7 +97,6 @@ class WandbSink:
             self._start(mode)
             if mode == "offline":
                 print(f"qkvlab: W&B is offline; upload later with: wandb sync {self.offline_dir}", flush=True)
-        self.mode = mode
 
     def _start(self, mode: str) -> None:
         settings = {} if os.environ.get("WANDB_INIT_TIMEOUT") else {"init_timeout": 60}
@@ -114,11 +113,11 @@ class WandbSink:
     def offline_dir(self) -> str:
         return self.run.dir.rsplit("/files", 1)[0]
 
-    def _guard(self, what: str, fn, *args, **kwargs) -> None:
+    def _guard(self, what: str, fn) -> None:
         if self.run is None:
             return
         try:
-            fn(*args, **kwargs)
+            fn()
         except Exception as exc:
             print(f"qkvlab: W&B failed while {what} ({error_line(exc, 160)}); W&B is off for this run, metrics.jsonl keeps everything", flush=True)
             self._teardown()

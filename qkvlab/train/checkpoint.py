@@ -62,6 +62,12 @@ def sum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sum")
 
 
+def remove_checkpoint(path: Path) -> None:
+    """A checkpoint and its checksum sidecar."""
+    path.unlink(missing_ok=True)
+    sum_path(path).unlink(missing_ok=True)
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -128,8 +134,7 @@ def write_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int)
         reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise CheckpointWriteError(f"could not write checkpoint {path}: {reason}; {kept}") from exc
     for _, old in step_checkpoints(run_dir)[keep:]:
-        old.unlink(missing_ok=True)
-        sum_path(old).unlink(missing_ok=True)
+        remove_checkpoint(old)
     return path
 
 

@@ -28,8 +28,8 @@ from qkvlab.train.checkpoint import (
     check_resumable,
     good_checkpoints,
     read_checkpoint,
+    remove_checkpoint,
     step_checkpoints,
-    sum_path,
     version_problem,
 )
 
@@ -60,8 +60,9 @@ def write_run_file(run_dir: Path, meta: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / RUN_FILE, {**meta, "format_version": FORMAT_VERSION, "qkvlab_version": __version__})
 
 
-def rewind_metrics(run_dir: Path, step: int, source: Optional[Path] = None) -> None:
-    """Keep metrics.jsonl rows up to `step`; a run resumed from another run's checkpoint starts with that run's rows."""
+def rewind_metrics(run_dir: Path, step: int, source: Optional[Path] = None) -> bool:
+    """Keep metrics.jsonl rows up to `step`; a run resumed from another run's checkpoint starts with that run's rows.
+    Whether the run had rows before."""
     run_dir = Path(run_dir)
     target = run_dir / METRICS
     rows = load_run(run_dir).metrics
@@ -69,13 +70,14 @@ def rewind_metrics(run_dir: Path, step: int, source: Optional[Path] = None) -> N
         rows = load_run(source).metrics
     kept = [r for r in rows if r.get("step", 0) <= step]
     if not target.exists() and not kept:
-        return
+        return bool(rows)
     tmp = target.with_name(METRICS + ".tmp")
     with open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, target)
+    return bool(rows)
 
 
 def clear_checkpoints(run_dir: Path) -> int:
@@ -94,8 +96,7 @@ def drop_checkpoints_after(run_dir: Path, step: int) -> None:
     would take the newest slots of the rotation and be resumed from after the next crash."""
     for s, p in step_checkpoints(run_dir):
         if s > step:
-            p.unlink(missing_ok=True)
-            sum_path(p).unlink(missing_ok=True)
+            remove_checkpoint(p)
 
 
 def remove_temporaries(run_dir: Path) -> None:
@@ -124,10 +125,9 @@ def restore(trainer, run_dir: Path, say: Callable[[str], None] = print) -> Optio
     if mode == "auto":
         for path, payload in good_checkpoints(run_dir, say):
             return _load(trainer, cfg, run_dir, path, payload, say)
-        if (run_dir / METRICS).exists() and load_run(run_dir).metrics:
-            say(f"qkvlab: no loadable checkpoint in {run_dir / CHECKPOINTS}; starting again from step 0")
         drop_checkpoints_after(run_dir, -1)
-        rewind_metrics(run_dir, 0)
+        if rewind_metrics(run_dir, 0):
+            say(f"qkvlab: no loadable checkpoint in {run_dir / CHECKPOINTS}; starting again from step 0")
         return None
     path = Path(mode)
     try:

@@ -26,7 +26,7 @@ def sweep_failed() -> bool:
 
 
 def failure_table(runs: list[Run], root: Path) -> str:
-    rows = [(str(r.path.relative_to(root)) if r.path.is_relative_to(root) else str(r.path), r.status, r.summary.get("error", "")) for r in runs]
+    rows = [(str(r.path.relative_to(root)) if r.path.is_relative_to(root) else str(r.path), r.status, r.error) for r in runs]
     width = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(("job", "status"))]
     lines = [f"  {'job':<{width[0]}}  {'status':<{width[1]}}  error"]
     lines += [f"  {job:<{width[0]}}  {status:<{width[1]}}  {error}" for job, status, error in rows]
