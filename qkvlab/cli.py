@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib
 import itertools
-import os
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+from typing import Callable, Sequence
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+from qkvlab.config import CONF_DIR, describe_error
+from qkvlab.errors import fail, full_errors
+
 MAX_PRECHECK_JOBS = 512
 
 USAGE = """usage: qkvlab <command> [args]
@@ -28,68 +29,6 @@ commands:
   bench     step time, tokens/s, MFU, memory, prefill/decode speed and KV bytes per variant
 
 Run `qkvlab <command> --help` for a command's options."""
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    print(f"qkvlab: error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(code)
-
-
-def error_line(exc: BaseException, limit: int | None = None) -> str:
-    """`Type: first line of the message` (cut at `limit` characters): a failure in one line."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:limit]}" if text else type(exc).__name__
-
-
-def full_errors() -> bool:
-    return os.environ.get("HYDRA_FULL_ERROR") == "1"
-
-
-def describe_error(exc: BaseException) -> str:
-    """One line from a Hydra/OmegaConf/qkvlab error: the key, the problem, the choices."""
-    from hydra.errors import MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
-
-    from qkvlab.config import ConfigError
-
-    if isinstance(exc, ConfigError):
-        return str(exc)
-    chain = [exc]
-    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
-        chain.append(chain[-1].__cause__ or chain[-1].__context__)
-    for err in chain:
-        if isinstance(err, OverrideParseException):
-            return f"cannot parse an override ({str(err).splitlines()[0]}); write overrides as key=value or group=option"
-        if isinstance(err, ConfigError):
-            return str(err)
-        if isinstance(err, MissingConfigException):
-            missing = (err.missing_cfg_file or "").strip("/")
-            group, _, option = missing.rpartition("/")
-            if group and err.options is not None:
-                return f"{group}={option} is not a known option; choose one of: {', '.join(sorted(err.options))}"
-            return str(err).splitlines()[0]
-        if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and getattr(err, "full_key", None):
-            parent = err.full_key.rpartition(".")[0]
-            known = _known_keys(parent)
-            hint = f"; known keys{' in ' + parent if parent else ''}: {', '.join(known)}" if known else ""
-            return f"unknown config key '{err.full_key}'{hint}"
-        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
-            return f"{err.full_key}: {str(err.msg).splitlines()[0]}"
-    first = str(exc).strip().splitlines()
-    return first[0] if first else type(exc).__name__
-
-
-def _known_keys(parent: str) -> list[str]:
-    from omegaconf import OmegaConf
-
-    from qkvlab.config import Config
-
-    node = OmegaConf.structured(Config)
-    for part in [p for p in parent.split(".") if p]:
-        node = node.get(part) if hasattr(node, "get") else None
-        if node is None or not hasattr(node, "keys"):
-            return []
-    return sorted(node.keys())
 
 
 def expand_sweep(overrides: Sequence[str], preset_params: Sequence[str] = ()) -> list[list[str]]:
@@ -137,7 +76,7 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from qkvlab.config import to_typed
+    from qkvlab.checks import checked
 
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     GlobalHydra.instance().clear()
@@ -154,28 +93,12 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
         for i, job in enumerate(jobs[:MAX_PRECHECK_JOBS]):
             where = f" (sweep job {i}: {' '.join(job)})" if multirun and len(jobs) > 1 else ""
             try:
-                to_typed(compose(config_name, overrides=[*job, *extra]))
+                checked(compose(config_name, overrides=[*job, *extra]))
             except Exception as exc:  # every kind of bad input gets the same one-line treatment
                 if full_errors():
                     raise
                 fail(_with_plugin_hint(describe_error(exc)) + where)
     GlobalHydra.instance().clear()
-
-
-def compose_config(overrides: Sequence[str]) -> "Config":  # noqa: F821
-    """One typed, validated config from conf/ and overrides, as `train` would compose it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from qkvlab.config import register_configs, to_typed
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="compose"):
-            return to_typed(compose("config", overrides=list(overrides)))
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def _with_plugin_hint(message: str) -> str:

@@ -16,6 +16,9 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from qkvlab.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 SHARINGS = ("mha", "q_eq_k", "k_eq_v", "q_eq_k_eq_v")
 POSITIONS = ("rope", "learned", "none")
 NORMS = ("rmsnorm", "layernorm")
@@ -29,10 +32,6 @@ RESUME_MODES = ("auto", "never")
 # Bumped when checkpoints or run directories change in a way older code cannot read.
 FORMAT_VERSION = 1
 LOGGER_BACKENDS = ("wandb", "none")
-
-
-class ConfigError(ValueError):
-    """A bad user input; the message is one line that names the key and the fix."""
 
 
 @dataclass
@@ -219,17 +218,12 @@ def check_resume(resume: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    from qkvlab.data import TASKS  # late import: data depends on config
-    from qkvlab.model.attention import FAMILIES
-
     m, v, d, o, t, lg = cfg.model, cfg.variant, cfg.data, cfg.optim, cfg.train, cfg.logger
-    _choice(v.family, tuple(FAMILIES), "variant.family")
     _choice(v.sharing, SHARINGS, "variant.sharing")
     _choice(m.positions, POSITIONS, "model.positions")
     _choice(m.norm, NORMS, "model.norm")
     _choice(m.mlp, MLPS, "model.mlp")
     _choice(m.match_params, MATCH_MODES, "model.match_params")
-    _choice(d.task, tuple(TASKS), "data.task")
     _choice(t.device, DEVICES, "train.device")
     _choice(t.precision, PRECISIONS, "train.precision")
     _choice(lg.backend, LOGGER_BACKENDS, "logger.backend")
@@ -277,10 +271,61 @@ def validate(cfg: Config) -> None:
         _positive(t.tokens_per_param, "train.tokens_per_param")
     _choice(t.on_nonfinite, NONFINITE_POLICIES, "train.on_nonfinite")
     check_resume(t.resume)
-    from qkvlab.data import check_data
 
-    check_data(cfg)
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config tree as dotted keys (`optim.lr`); lists become tuples so values hash."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
 
 
 def as_dict(cfg: Config) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line from a Hydra/OmegaConf/qkvlab error: the key, the problem, the choices."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    if isinstance(exc, ConfigError):
+        return str(exc)
+    chain = [exc]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    for err in chain:
+        if isinstance(err, OverrideParseException):
+            return f"cannot parse an override ({str(err).splitlines()[0]}); write overrides as key=value or group=option"
+        if isinstance(err, ConfigError):
+            return str(err)
+        if isinstance(err, MissingConfigException):
+            missing = (err.missing_cfg_file or "").strip("/")
+            group, _, option = missing.rpartition("/")
+            if group and err.options is not None:
+                return f"{group}={option} is not a known option; choose one of: {', '.join(sorted(err.options))}"
+            return str(err).splitlines()[0]
+        if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and getattr(err, "full_key", None):
+            parent = err.full_key.rpartition(".")[0]
+            known = _known_keys(parent)
+            hint = f"; known keys{' in ' + parent if parent else ''}: {', '.join(known)}" if known else ""
+            return f"unknown config key '{err.full_key}'{hint}"
+        if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
+            return f"{err.full_key}: {str(err.msg).splitlines()[0]}"
+    first = str(exc).strip().splitlines()
+    return first[0] if first else type(exc).__name__
+
+
+def _known_keys(parent: str) -> list[str]:
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(Config)
+    for part in [p for p in parent.split(".") if p]:
+        node = node.get(part) if hasattr(node, "get") else None
+        if node is None or not hasattr(node, "keys"):
+            return []
+    return sorted(node.keys())

@@ -12,15 +12,19 @@ from typing import Any, Iterable
 
 from omegaconf import OmegaConf
 
+from qkvlab.config import flatten
+
 
 @dataclass
 class Run:
     path: Path
     summary: dict[str, Any] = field(default_factory=dict)
+    # Why summary.json could not be read (empty, torn, not JSON); None when it could or is absent.
+    unreadable: str | None = None
 
     @property
     def status(self) -> str:
-        return self.summary.get("status", "unfinished")
+        return "unreadable" if self.unreadable else self.summary.get("status", "unfinished")
 
     @property
     def finished(self) -> bool:
@@ -33,7 +37,7 @@ class Run:
 
     @property
     def error(self) -> str:
-        return str(self.summary.get("error", ""))
+        return self.unreadable or str(self.summary.get("error", ""))
 
     @cached_property
     def flat_config(self) -> dict[str, Any]:
@@ -58,16 +62,6 @@ class Run:
         return [(r["step"], r["tokens"], r[key]) for r in self.metrics if key in r]
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return out
-
-
 def is_run_dir(path: Path) -> bool:
     return (path / "summary.json").exists() or (path / "metrics.jsonl").exists() or (path / ".hydra" / "config.yaml").exists()
 
@@ -75,8 +69,21 @@ def is_run_dir(path: Path) -> bool:
 def load_run(path: Path | str) -> Run:
     path = Path(path)
     summary_path = path / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if not summary_path.exists():
+        return Run(path=path)
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return Run(path=path, unreadable=f"{summary_path} is unreadable ({_reason(exc)}); delete it and re-run the job to redo it")
+    if not isinstance(summary, dict):
+        return Run(path=path, unreadable=f"{summary_path} is not a JSON object; delete it and re-run the job to redo it")
     return Run(path=path, summary=summary)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return "empty" if not exc.doc.strip() else f"not valid JSON at line {exc.lineno}"
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def find_runs(paths: Iterable[Path | str]) -> list[Run]:

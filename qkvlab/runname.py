@@ -41,15 +41,14 @@ def _hashed(key: str) -> bool:
 
 @functools.cache
 def _schema_defaults() -> dict[str, Any]:
-    from qkvlab.config import Config
-    from qkvlab.rundir import flatten
+    from qkvlab.config import Config, flatten
 
     return flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=True))
 
 
 def config_hash(config: dict[str, Any]) -> str:
     """Short stable hash of a plain (resolved) config: its non-default, result-changing values."""
-    from qkvlab.rundir import flatten
+    from qkvlab.config import flatten
 
     defaults = _schema_defaults()
     values = {k: v for k, v in flatten(config).items() if _hashed(k) and (k not in defaults or defaults[k] != v)}

@@ -35,7 +35,7 @@ def timed(fn, repeat: int = 1) -> tuple[float, object]:
 
 def config(corpus: Path, *overrides: str):
     """The composed config, exactly as `qkvlab train data=text data.path=<corpus> ...` would see it."""
-    from qkvlab.cli import compose_config
+    from qkvlab.checks import compose_config
 
     return compose_config(["data=text", f"data.path={corpus}", "train.progress=false", "train.device=cpu", *overrides])
 

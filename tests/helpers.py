@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qkvlab.cli import compose_config
+from qkvlab.checks import compose_config
 from qkvlab.config import Config
 
 

@@ -8,7 +8,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from qkvlab.cli import CONF_DIR, expand_sweep, preset_sweep_params
-from qkvlab.config import register_configs, to_typed
+from qkvlab.checks import checked
+from qkvlab.config import register_configs
 
 PRESETS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 NEEDS_PLUGIN = {"lr_optuna": "hydra_plugins.hydra_optuna_sweeper"}
@@ -33,12 +34,12 @@ def test_preset_composes_and_says_what_it_measures(name, tmp_path):
     extra = [f"data.path={corpus}"] if name in NEEDS_CORPUS else []
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        typed = to_typed(compose("config", overrides=[f"experiment={name}", *extra]))
+        typed = checked(compose("config", overrides=[f"experiment={name}", *extra]))
         params = preset_sweep_params("config", [f"experiment={name}", *extra], [])
         # Seeds cannot make a config invalid; every other combination is checked.
         jobs = {tuple(o for o in job if not o.startswith("seed=")) for job in expand_sweep([f"experiment={name}", *extra], params)}
         for job in sorted(jobs):
-            to_typed(compose("config", overrides=list(job)))
+            checked(compose("config", overrides=list(job)))
     assert typed.experiment == name
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from qkvlab.analysis.compare import Comparison, compare
-from qkvlab.cli import error_line, fail
+from qkvlab.errors import error_line, fail
 
 
 def parser() -> argparse.ArgumentParser:

@@ -257,7 +257,7 @@ def run_scaling(ns: argparse.Namespace) -> str:
 
 
 def scaling_command(args: list[str]) -> None:
-    from qkvlab.cli import fail
+    from qkvlab.errors import fail
 
     ns = parse_args(args)
     if ns.bootstrap < 0:

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 import torch
 
-from qkvlab.cli import compose_config
-from qkvlab.config import ConfigError
+from qkvlab.checks import compose_config
+from qkvlab.errors import ConfigError
 
 DEFAULT_VARIANTS = "mha,k_eq_v,q_eq_k,q_eq_k_eq_v,gqa,k_eq_v_gqa,k_eq_v_mqa"
 # Bench needs causal data for decoding and no W&B run; the user's overrides come after.
@@ -122,7 +122,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 def bench_main(args: list[str]) -> None:
     from qkvlab.bench.run import BenchOptions
-    from qkvlab.track.metrics import write_json_atomic
+    from qkvlab.files import write_json_atomic
 
     ns = parse_args(args)
     variants = [v.strip() for v in ns.variants.split(",") if v.strip()]

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 
 from qkvlab.bench.measure import median_seconds, peak_memory, synchronize
-from qkvlab.config import Config, validate
+from qkvlab.checks import checked
+from qkvlab.config import Config
 from qkvlab.model import build_model, kv_cache_bytes_per_token
 from qkvlab.model.attention import AttentionSpec
 from qkvlab.model.kv_cache import KVCache, LayerKVCache
@@ -106,7 +107,7 @@ def bench_inference(cfgs: list[Config], vocab: int, device: torch.device, precis
     models = []
     for cfg in cfgs:
         causal = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, causal=True))
-        validate(causal)
+        checked(causal)
         models.append(build_model(causal, vocab).to(device).eval())
     dtype, amp = compute_dtype(precision), autocast(device, precision)
     context = min(cfg.model.context for cfg in cfgs)

@@ -10,7 +10,11 @@ TASKS = {**{name: SyntheticTask for name in SYNTHETIC_TASKS}, "text": TextData}
 
 
 def check_data(cfg) -> None:
-    """Task-specific value checks, run at start-up by `config.validate`."""
+    """The data source's own checks, run at start-up with every other check (qkvlab/checks.py)."""
+    from qkvlab.errors import ConfigError
+
+    if cfg.data.task not in TASKS:
+        raise ConfigError(f"data.task={cfg.data.task!r} is not valid; choose one of: {', '.join(TASKS)}")
     if cfg.data.task in SYNTHETIC_TASKS:
         check_synthetic(cfg.data)
     elif cfg.data.task == "text":

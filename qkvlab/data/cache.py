@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from filelock import FileLock, Timeout
 
-from qkvlab.track.metrics import write_json_atomic
+from qkvlab.files import write_json_atomic
 
 COMPLETE = "meta.json"
 

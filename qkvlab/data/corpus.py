@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
-from qkvlab.config import ConfigError, DataConfig
+from qkvlab.config import DataConfig
+from qkvlab.errors import ConfigError
 
 BUILDERS = {".txt": "text", ".text": "text", ".md": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 REPLACEMENT = "\ufffd"

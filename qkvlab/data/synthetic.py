@@ -17,7 +17,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from qkvlab.config import Config, ConfigError, DataConfig
+from qkvlab.config import Config, DataConfig
+from qkvlab.errors import ConfigError
 from qkvlab.data.source import IGNORE, Batch
 
 DIGIT_TASKS = ("copy", "reverse", "sort", "sub", "swap")

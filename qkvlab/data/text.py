@@ -18,7 +18,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from qkvlab.config import Config, ConfigError, DataConfig
+from qkvlab.config import Config, DataConfig
+from qkvlab.errors import ConfigError
 from qkvlab.data import corpus, tokenizer
 from qkvlab.data.source import IGNORE, Batch
 from qkvlab.data.token_cache import CacheRequest, TokenCache, open_token_cache

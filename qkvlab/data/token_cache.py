@@ -259,7 +259,7 @@ def open_token_cache(req: CacheRequest) -> TokenCache:
             progress=req.progress,
         )
         if stats["n_tokens"] == 0:
-            from qkvlab.config import ConfigError
+            from qkvlab.errors import ConfigError
 
             raise ConfigError(f"the corpus {req.label} has no text after reading it; check data.path / data.hub and data.text_field")
         mb = stats["bytes"] / 1e6

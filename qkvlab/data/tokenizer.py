@@ -12,7 +12,8 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from qkvlab.config import ConfigError, DataConfig
+from qkvlab.config import DataConfig
+from qkvlab.errors import ConfigError
 
 EOT_TEXT = "<|endoftext|>"
 _EOT_CANDIDATES = (EOT_TEXT, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")

@@ -8,7 +8,7 @@ import argparse
 
 import torch
 
-from qkvlab.config import ConfigError
+from qkvlab.errors import ConfigError
 
 
 def int_list(text: str) -> list[int]:

@@ -11,11 +11,13 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Sequence
 
-from qkvlab.config import Config, ConfigError, validate
+from qkvlab.checks import checked
+from qkvlab.config import Config
+from qkvlab.errors import ConfigError
 from qkvlab.data import build_data
 from qkvlab.data.synthetic import SYNTHETIC_TASKS
 from qkvlab.infer.load import TrainedRun, load_trained
-from qkvlab.track.metrics import write_json_atomic
+from qkvlab.files import write_json_atomic
 from qkvlab.train.evaluate import evaluate
 
 DEFAULT_CONTEXTS = (512, 1024, 2048)
@@ -41,8 +43,7 @@ def eval_contexts(cfg: Config, requested: Sequence[int] | None) -> list[int]:
 
 def at_context(cfg: Config, seq_len: int) -> Config:
     out = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, seq_len=seq_len))
-    validate(out)
-    return out
+    return checked(out)
 
 
 def evaluate_trained(trained: TrainedRun, contexts: Sequence[int]) -> list[dict[str, Any]]:

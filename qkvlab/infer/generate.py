@@ -28,7 +28,7 @@ class Sampling:
 
 
 def check_sampling(s: Sampling) -> None:
-    from qkvlab.config import ConfigError
+    from qkvlab.errors import ConfigError
 
     if s.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens={s.max_new_tokens} must be at least 1")

@@ -13,7 +13,9 @@ from typing import Sequence
 import torch
 from omegaconf import OmegaConf
 
-from qkvlab.config import Config, ConfigError, to_typed
+from qkvlab.checks import checked
+from qkvlab.config import Config
+from qkvlab.errors import ConfigError
 from qkvlab.model import Transformer, build_model
 from qkvlab.rundir import Run, load_run
 from qkvlab.train.checkpoint import CHECKPOINTS, FINAL, CorruptCheckpoint, read_checkpoint
@@ -46,7 +48,7 @@ def run_config(run: Run, overrides: Sequence[str]) -> Config:
     if bad:
         raise ConfigError(f"override '{bad[0]}' is not key=value; e.g. train.device=cpu data.batch_size=16")
     merged = OmegaConf.merge(OmegaConf.create(run.config), OmegaConf.from_dotlist(list(overrides)))
-    return to_typed(merged)
+    return checked(merged)
 
 
 def load_trained(run_dir: Path | str, overrides: Sequence[str] = ()) -> TrainedRun:

@@ -1,4 +1,4 @@
-from qkvlab.model.attention import FAMILIES, AttentionSpec, SharedQKVAttention
+from qkvlab.model.attention import FAMILIES, AttentionSpec, SharedQKVAttention, check_model
 from qkvlab.model.transformer import (
     Transformer,
     attention_spec,
@@ -13,6 +13,7 @@ __all__ = [
     "SharedQKVAttention",
     "Transformer",
     "attention_spec",
+    "check_model",
     "build_model",
     "count_params",
     "kv_cache_bytes_per_token",

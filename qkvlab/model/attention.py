@@ -209,3 +209,10 @@ class SharedQKVAttention(nn.Module):
 
 FAMILIES: dict[str, Callable[[AttentionSpec], nn.Module]] = {"shared_qkv": SharedQKVAttention}
 
+
+def check_model(cfg) -> None:
+    """The family is one the model knows; run at start-up with every other check."""
+    from qkvlab.errors import ConfigError
+
+    if cfg.variant.family not in FAMILIES:
+        raise ConfigError(f"variant.family={cfg.variant.family!r} is not valid; choose one of: {', '.join(FAMILIES)}")

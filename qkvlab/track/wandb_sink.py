@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from qkvlab.cli import error_line
+from qkvlab.errors import error_line
 from qkvlab.config import LoggerConfig
 
 

@@ -19,7 +19,9 @@ from typing import Any, Iterator
 import torch
 
 from qkvlab import __version__
-from qkvlab.config import FORMAT_VERSION, Config, ConfigError, as_dict
+from qkvlab.files import replace_atomically
+from qkvlab.config import FORMAT_VERSION, Config, as_dict
+from qkvlab.errors import ConfigError
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final.pt"
@@ -68,24 +70,6 @@ def remove_checkpoint(path: Path) -> None:
     sum_path(path).unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _replace_atomically(tmp: Path, path: Path) -> None:
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save to `path` and its checksum; on any failure `path` keeps its old content and no temporary is left."""
     path = Path(path)
@@ -102,8 +86,8 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             f.write(json.dumps({"bytes": sink.size, "crc32": sink.crc}) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        _replace_atomically(tmp, path)
-        _replace_atomically(side_tmp, side)
+        replace_atomically(tmp, path)
+        replace_atomically(side_tmp, side)
     except BaseException:
         tmp.unlink(missing_ok=True)
         side_tmp.unlink(missing_ok=True)
@@ -149,11 +133,11 @@ def mark_final(path: Path) -> Path:
         import shutil
 
         shutil.copyfile(path, tmp)
-    _replace_atomically(tmp, final)
+    replace_atomically(tmp, final)
     if sum_path(path).exists():
         side_tmp = sum_path(final).with_name(sum_path(final).name + ".tmp")
         side_tmp.write_text(sum_path(path).read_text())
-        _replace_atomically(side_tmp, sum_path(final))
+        replace_atomically(side_tmp, sum_path(final))
     return final
 
 

@@ -30,14 +30,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from qkvlab.runname import job_config, run_id  # also registers ${qkvlab_run_id:} in every job's process
-from qkvlab.cli import describe_error, fail, full_errors
-from qkvlab.config import ConfigError, to_typed
+from qkvlab.checks import checked
+from qkvlab.config import describe_error
+from qkvlab.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, ConfigError, error_line, fail, full_errors
 from qkvlab.rundir import load_run
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.signals import Preempted, exit_code
 from qkvlab.train.sweep_report import sweep_failed
 
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_DIVERGED = 1, 2, 3
 # Overrides the resume command must not repeat: it names the directory itself and resumes from it.
 _DROPPED = ("hydra.run.dir=", "hydra.sweep.dir=", "train.resume=", "+train.resume=", "++train.resume=")
 
@@ -56,7 +56,6 @@ def classify(exc: BaseException, run_dir: Path) -> tuple[int, str]:
     """Exit code and the one line that says what went wrong."""
     from qkvlab.train.checkpoint import CheckpointWriteError
     from qkvlab.train.loop import Diverged
-    from qkvlab.cli import error_line
 
     if isinstance(exc, ConfigError):
         return EXIT_BAD_INPUT, str(exc)
@@ -84,7 +83,7 @@ def train_job(cfg: DictConfig) -> JobResult | None:
         print(f"skipped, already completed: {run_dir} (train.resume=never trains it again)", flush=True)
         return JobResult(previous.summary)
     try:
-        typed = to_typed(cfg)
+        typed = checked(cfg)
     except Exception as exc:
         if full_errors():
             raise

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from qkvlab.config import Config, ConfigError, as_dict
+from qkvlab.config import Config, as_dict
+from qkvlab.errors import ConfigError
 from qkvlab.data import IGNORE, build_data
 from qkvlab.model.matching import match_report
 from qkvlab.model import AttentionSpec, attention_spec, build_model, count_params, kv_cache_bytes_per_token

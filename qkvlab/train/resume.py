@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from qkvlab import __version__
-from qkvlab.config import FORMAT_VERSION, ConfigError
+from qkvlab.config import FORMAT_VERSION
+from qkvlab.errors import ConfigError
 from qkvlab.rundir import load_run
-from qkvlab.track.metrics import write_json_atomic
+from qkvlab.files import write_json_atomic
 from qkvlab.train.checkpoint import (
     CHECKPOINTS,
     CheckpointError,

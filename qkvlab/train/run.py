@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qkvlab.cli import error_line
+from qkvlab.errors import error_line
 from qkvlab.config import Config, as_dict
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.track.wandb_sink import WandbSink, resolve_mode

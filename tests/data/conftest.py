@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from qkvlab.config import Config, DataConfig, validate
+from qkvlab.checks import checked
+from qkvlab.config import Config, DataConfig
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +37,7 @@ def _text_config(path: Path | str | None = None, **data) -> Config:
                              "seq_len": 16, "batch_size": 8, "val_tokens": 256, **data})
     cfg.model.context = max(cfg.model.context, cfg.data.seq_len)
     cfg.train.progress = False
-    validate(cfg)
+    checked(cfg)
     return cfg
 
 

@@ -7,7 +7,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from qkvlab.cli import CONF_DIR
-from qkvlab.config import ConfigError, register_configs, to_typed
+from qkvlab.checks import checked
+from qkvlab.config import ConfigError, register_configs
 from qkvlab.model import build_model, count_params
 from qkvlab.model.matching import match_report
 
@@ -15,7 +16,7 @@ from qkvlab.model.matching import match_report
 def config(*overrides: str):
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return to_typed(compose("config", overrides=["logger=none", *overrides]))
+        return checked(compose("config", overrides=["logger=none", *overrides]))
 
 
 def total(cfg, vocab: int = 50304) -> tuple[int, object]:

@@ -1,0 +1,25 @@
+"""The one run-directory reader never lets a damaged file stop the tools that read it."""
+
+import json
+
+import pytest
+
+from qkvlab.rundir import find_runs, load_run
+
+
+@pytest.mark.parametrize("text, reason", [("", "empty"), ('{"status": "comp', "not valid JSON at line 1"), ("[1, 2]", "not a JSON object")])
+def test_a_corrupt_summary_is_reported_with_its_path_not_raised(tmp_path, text, reason):
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (run_dir / "summary.json").write_text(text)
+    run = load_run(run_dir)
+    assert run.status == "unreadable" and not run.finished
+    assert str(run_dir / "summary.json") in run.error and reason in run.error
+    assert [r.path for r in find_runs([tmp_path])] == [run_dir.resolve()]
+
+
+def test_a_readable_summary_is_read(tmp_path):
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "completed", "val/loss": 1.5}))
+    run = load_run(tmp_path)
+    assert run.finished and run.unreadable is None and run.summary["val/loss"] == 1.5
