@@ -9,6 +9,7 @@ values that a schema cannot (ranges, choices, cross-field rules) and raises a
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -165,6 +166,8 @@ class Config:
 
 def register_configs() -> None:
     """Put the schema in Hydra's ConfigStore; `conf/config.yaml` lists it first in its defaults."""
+    # conf/hydra/launcher/joblib.yaml takes the joblib plugin's name on purpose (qkvlab/train/launcher.py).
+    warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/joblib' is validated against ConfigStore schema")
     ConfigStore.instance().store(name="qkvlab_schema", node=Config)
 
 
