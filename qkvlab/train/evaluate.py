@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -12,8 +12,13 @@ from qkvlab.data.source import IGNORE, Batch
 
 
 @torch.no_grad()
-def evaluate(model, batches: Iterable[Batch], device: torch.device, amp, exact_match: bool) -> dict[str, float]:
-    """Loss is the mean over every scored position of the split; ppl is exp of it."""
+def evaluate(
+    model, batches: Iterable[Batch], device: torch.device, amp, exact_match: bool, stop: Optional[Callable[[], bool]] = None
+) -> Optional[dict[str, float]]:
+    """Loss is the mean over every scored position of the split; ppl is exp of it.
+
+    None when `stop()` turned true between batches: a preempted run must not wait
+    for a validation pass that can take minutes."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -21,6 +26,9 @@ def evaluate(model, batches: Iterable[Batch], device: torch.device, amp, exact_m
     exact = torch.zeros((), dtype=torch.int64, device=device)
     scored, rows = 0, 0
     for x, y in batches:
+        if stop is not None and stop():
+            model.train(was_training)
+            return None
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with amp:
             logits = model(x)

@@ -88,6 +88,8 @@ class LoopState:
     wall_time: float = 0.0
     nonfinite_skipped: int = 0
     nonfinite_in_a_row: int = 0
+    # A signal cut the evaluation at `step` short; the resumed run does it first.
+    eval_owed: bool = False
 
 
 class Diverged(RuntimeError):
@@ -204,8 +206,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return mean, finite
 
-    def validate(self) -> dict[str, float]:
-        return evaluate(self.model, self.data.val_batches(), self.device, self.amp, self.data.exact_match)
+    def validate(self, stop: StopRequest | None = None) -> dict[str, float] | None:
+        """Validation metrics, or None when a stop request cut the pass short."""
+        asked = (lambda: stop.requested) if stop is not None else None
+        return evaluate(self.model, self.data.val_batches(), self.device, self.amp, self.data.exact_match, asked)
+
+    def _evaluate_step(self, writer: MetricsWriter, stop: StopRequest | None) -> None:
+        """Evaluate at the current step and log it; a stop request mid-pass checkpoints and ends the run."""
+        st = self.state
+        val = self.validate(stop)
+        if val is None:
+            st.eval_owed = True
+            self.save()
+            raise Preempted(stop.signum, st.step, self.last_checkpoint)
+        st.eval_owed = False
+        st.val = val
+        writer.log(st.step, st.step * self.tokens_per_step, val)
+        if not st.best or val["val/loss"] < st.best["best/val/loss"]:
+            st.best = {"best/val/loss": val["val/loss"], "best/val/ppl": val["val/ppl"], "best/step": st.step}
 
     def _nonfinite(self, done: int) -> None:
         st, t = self.state, self.cfg.train
@@ -242,6 +260,10 @@ class Trainer:
         tick = time.perf_counter()
         self.model.train()
         pending: list[tuple[int, torch.Tensor]] = []
+        if st.eval_owed:
+            st.wall_time = wall_before + time.perf_counter() - segment_start
+            self._evaluate_step(writer, stop)
+            self.save()
         for step in range(st.step, t.steps):
             loss, finite = self.train_step(step)
             done = step + 1
@@ -278,10 +300,13 @@ class Trainer:
                 tick = time.perf_counter()
             if eval_now:
                 window_time += time.perf_counter() - tick
-                st.val = self.validate()
-                writer.log(done, done * self.tokens_per_step, st.val)
-                if not st.best or st.val["val/loss"] < st.best["best/val/loss"]:
-                    st.best = {"best/val/loss": st.val["val/loss"], "best/val/ppl": st.val["val/ppl"], "best/step": done}
+                st.window_loss = float(window_loss)
+                st.wall_time = wall_before + time.perf_counter() - segment_start
+                try:
+                    self._evaluate_step(writer, stop)
+                except Preempted:
+                    bar.close()
+                    raise
                 bar.set_postfix(loss=f"{st.last_train.get('train/loss', float('nan')):.4f}", val=f"{st.val['val/loss']:.4f}", refresh=False)
                 tick = time.perf_counter()
             bar.update(1)
