@@ -134,7 +134,7 @@ def restore(trainer, run_dir: Path, say: Callable[[str], None] = print) -> Optio
     try:
         payload = read_checkpoint(path)
     except CorruptCheckpoint as exc:
-        raise CheckpointError(f"train.resume={mode}: the checkpoint is corrupt: {exc}; pick another checkpoint") from exc
+        raise CheckpointError(f"train.resume={mode}: the checkpoint is {exc.verdict()}; pick another checkpoint") from exc
     source = path.resolve().parent.parent if path.resolve().parent.name == CHECKPOINTS else None
     return _load(trainer, cfg, run_dir, path, payload, say, source)
 
