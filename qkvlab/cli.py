@@ -98,7 +98,33 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
                 if full_errors():
                     raise
                 fail(_with_plugin_hint(describe_error(exc)) + where)
+        check_output_dirs(jobs[:MAX_PRECHECK_JOBS], multirun, config_name, extra)
     GlobalHydra.instance().clear()
+
+
+def check_output_dirs(jobs: list[list[str]], multirun: bool, config_name: str, extra: list[str]) -> None:
+    """A run (or sweep) directory that cannot be made is one line before any job starts, not Hydra's traceback.
+
+    A sweep is refused as a whole: its jobs share hydra.sweep.dir, and Hydra
+    makes a job's directory outside the job, where one failure ends the sweep."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from qkvlab.files import unwritable_dir
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    for job in jobs:
+        hydra_cfg = compose(config_name, overrides=[*job, *extra], return_hydra_config=True)
+        try:
+            top = Path(str(OmegaConf.select(hydra_cfg, key)))
+            sub = Path(str(OmegaConf.select(hydra_cfg, "hydra.sweep.subdir"))) if multirun else None
+        except Exception:  # an interpolation only Hydra's launcher can resolve (hydra.job.num)
+            continue
+        problem = unwritable_dir(top)
+        if problem is None and sub is not None:
+            problem, top = unwritable_dir(top / sub, create=False), top / sub
+        if problem:
+            fail(f"cannot create the run directory {top}: {problem}; choose another {key} or fix the path")
 
 
 def _with_plugin_hint(message: str) -> str:

@@ -34,4 +34,4 @@ def test_run_directory_from_an_older_version_is_left_alone(tmp_path, run_cli, ki
     assert res.returncode == 2
     line, = res.stderr.strip().splitlines()
     assert "run directory" in line and "was written by an older qkvlab (format 0;" in line
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "run.json", "train.log"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "run.json"]
