@@ -112,17 +112,19 @@ def check_output_dirs(jobs: list[list[str]], multirun: bool, config_name: str, e
 
     from qkvlab.files import unwritable_dir
 
+    importlib.import_module("qkvlab.runname")  # registers ${qkvlab_run_id:}, which names the run directory
+
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     for job in jobs:
         hydra_cfg = compose(config_name, overrides=[*job, *extra], return_hydra_config=True)
-        try:
-            top = Path(str(OmegaConf.select(hydra_cfg, key)))
-            sub = Path(str(OmegaConf.select(hydra_cfg, "hydra.sweep.subdir"))) if multirun else None
-        except Exception:  # an interpolation only Hydra's launcher can resolve (hydra.job.num)
-            continue
+        top = Path(str(OmegaConf.select(hydra_cfg, key)))
         problem = unwritable_dir(top)
-        if problem is None and sub is not None:
-            problem, top = unwritable_dir(top / sub, create=False), top / sub
+        if problem is None and multirun:
+            try:
+                top = top / str(OmegaConf.select(hydra_cfg, "hydra.sweep.subdir"))
+            except Exception:  # an interpolation only Hydra's launcher can resolve (hydra.job.num)
+                continue
+            problem = unwritable_dir(top, create=False)
         if problem:
             fail(f"cannot create the run directory {top}: {problem}; choose another {key} or fix the path")
 
