@@ -159,6 +159,17 @@ def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
     _save_config(HydraConfig.get().overrides.task, "overrides.yaml", folder)
 
 
+def job_failed(run_dir: Path, multirun: bool, code: int, line: str) -> None:
+    """A single run exits with `code`; a sweep job records the failure and lets the sweep go on."""
+    if not multirun:
+        fail(line, code)
+    if not (run_dir / "summary.json").exists():
+        writer = MetricsWriter(run_dir)
+        writer.summary({"status": "failed", "error": line})
+        writer.close(failed=True)
+    print(f"qkvlab: error: job failed: {line}", file=sys.stderr, flush=True)
+
+
 def job_refused(run_dir: Path, multirun: bool, status: str, line: str) -> None:
     """A job that must not write its run directory at all: exit 2, or in a sweep a note for the final table."""
     if not multirun:
