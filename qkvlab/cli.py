@@ -98,7 +98,35 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
                 if full_errors():
                     raise
                 fail(_with_plugin_hint(describe_error(exc)) + where)
+        check_output_dirs(jobs[:MAX_PRECHECK_JOBS], multirun, config_name, extra)
     GlobalHydra.instance().clear()
+
+
+def check_output_dirs(jobs: list[list[str]], multirun: bool, config_name: str, extra: list[str]) -> None:
+    """A run (or sweep) directory that cannot be made is one line before any job starts, not Hydra's traceback.
+
+    A sweep is refused as a whole: its jobs share hydra.sweep.dir, and Hydra
+    makes a job's directory outside the job, where one failure ends the sweep."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from qkvlab.files import unwritable_dir
+
+    importlib.import_module("qkvlab.runname")  # registers ${qkvlab_run_id:}, which names the run directory
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    for job in jobs:
+        hydra_cfg = compose(config_name, overrides=[*job, *extra], return_hydra_config=True)
+        top = Path(str(OmegaConf.select(hydra_cfg, key)))
+        problem = unwritable_dir(top)
+        if problem is None and multirun:
+            try:
+                top = top / str(OmegaConf.select(hydra_cfg, "hydra.sweep.subdir"))
+            except Exception:  # an interpolation only Hydra's launcher can resolve (hydra.job.num)
+                continue
+            problem = unwritable_dir(top, create=False)
+        if problem:
+            fail(f"cannot create the run directory {top}: {problem}; choose another {key} or fix the path")
 
 
 def _with_plugin_hint(message: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +45,23 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def unwritable_dir(path: Path, create: bool = True) -> str | None:
+    """Why `path` cannot be a directory to write in (a file in the way, a read-only file system), or None.
+
+    With `create`, the directory is made (as the caller would next) and probed
+    with a nameless temporary file (O_TMPFILE), so nothing appears in it."""
+    path = Path(path)
+    blocker = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        return f"{blocker} is a file, not a directory"
+    if not create:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        return (exc.strerror or str(exc)).lower()
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import json
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -45,21 +46,49 @@ class Run:
         return flatten(self.config)
 
     @cached_property
+    def _metrics_file(self) -> tuple[list[dict[str, Any]], list[str]]:
+        rows, problems = read_metrics(self.path / "metrics.jsonl")
+        for problem in problems:
+            print(f"qkvlab: warning: {problem}", file=sys.stderr, flush=True)
+        return rows, problems
+
+    @property
     def metrics(self) -> list[dict[str, Any]]:
-        path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return []
-        rows = []
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a torn last line from a killed run
-        return rows
+        """Every valid row of metrics.jsonl; a malformed line is skipped and reported once (`metrics_problems`)."""
+        return self._metrics_file[0]
+
+    @property
+    def metrics_problems(self) -> list[str]:
+        return self._metrics_file[1]
 
     def series(self, key: str) -> list[tuple[int, int, float]]:
         """(step, tokens, value) for every logged point that has `key`."""
         return [(r["step"], r["tokens"], r[key]) for r in self.metrics if key in r]
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """The rows of a metrics.jsonl and one line per malformed line, naming its number.
+
+    A malformed line is skipped, never the end of the file: stopping there would
+    drop every valid row after it. A torn last line without its newline is what a
+    killed run leaves, so it is dropped without a word."""
+    if not path.exists():
+        return [], []
+    text = path.read_text(errors="replace")
+    lines = text.split("\n")
+    rows, problems = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif number < len(lines):  # the last piece has no newline after it: a torn write
+            problems.append(f"{path} line {number} is not a metrics row ({line.strip()[:40]}); skipped")
+    return rows, problems
 
 
 def is_run_dir(path: Path) -> bool:

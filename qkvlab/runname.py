@@ -46,6 +46,18 @@ def _schema_defaults() -> dict[str, Any]:
     return flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=True))
 
 
+def hashed_values(config: dict[str, Any]) -> dict[str, Any]:
+    """The dotted keys and values of a plain config that can change a result (defaults included), JSON-ready."""
+    from qkvlab.config import flatten
+
+    return json.loads(json.dumps({k: v for k, v in flatten(config).items() if _hashed(k)}, default=str))
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`key (old -> new)` for each key whose value differs between two `hashed_values`."""
+    return [f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 def config_hash(config: dict[str, Any]) -> str:
     """Short stable hash of a plain (resolved) config: its non-default, result-changing values."""
     from qkvlab.config import flatten

@@ -23,3 +23,14 @@ def test_a_readable_summary_is_read(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps({"status": "completed", "val/loss": 1.5}))
     run = load_run(tmp_path)
     assert run.finished and run.unreadable is None and run.summary["val/loss"] == 1.5
+
+
+def test_a_malformed_metrics_line_is_skipped_and_named_not_the_end_of_the_file(tmp_path, capsys):
+    rows = [json.dumps({"step": s, "tokens": s}) for s in range(1, 8)]
+    rows[2] = "{not json"
+    (tmp_path / "metrics.jsonl").write_text("\n".join(rows) + '\n{"step": 8, "tok')
+    run = load_run(tmp_path)
+    assert [r["step"] for r in run.metrics] == [1, 2, 4, 5, 6, 7]
+    assert run.metrics_problems == [f"{tmp_path / 'metrics.jsonl'} line 3 is not a metrics row ({{not json); skipped"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"qkvlab: warning: {run.metrics_problems[0]}"]

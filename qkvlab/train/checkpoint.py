@@ -3,7 +3,11 @@
 A checkpoint is written to a temporary file, fsynced and renamed, so a crash
 mid-write leaves the previous one untouched. Its size and CRC32 sit beside it
 (`<name>.pt.sum`), so a truncated or corrupted file is told apart from a good
-one and resume falls back to the previous good checkpoint.
+one and resume falls back to the previous good checkpoint. A checkpoint whose
+sidecar is missing or unreadable cannot be verified and is never loaded: a
+flipped byte in a tensor loads without complaint and resumes with other
+weights. (The sidecar is renamed into place before the checkpoint, so a crash
+between the two leaves an orphan sidecar, never an unverifiable checkpoint.)
 """
 
 from __future__ import annotations
@@ -40,17 +44,33 @@ class CheckpointWriteError(RuntimeError):
 class CorruptCheckpoint(Exception):
     """A truncated, damaged or foreign file; resume skips it."""
 
+    def verdict(self) -> str:
+        return f"corrupt: {self}"
+
+
+class UnverifiableCheckpoint(CorruptCheckpoint):
+    """A checkpoint without a readable checksum sidecar: it may be damaged, so resume skips it too."""
+
+    def verdict(self) -> str:
+        return str(self)
+
 
 class _CrcFile:
     """Checksums the bytes as torch.save writes them, so the file is read once, not twice."""
 
     def __init__(self, f):
         self.f, self.crc, self.size = f, 0, 0
+        # torch.save reports a failed write (ENOSPC) as `RuntimeError: enforce fail at inline_container.cc`.
+        self.error: OSError | None = None
 
     def write(self, data) -> int:
         self.crc = zlib.crc32(data, self.crc)
         self.size += len(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
 
     def flush(self) -> None:
         self.f.flush()
@@ -76,6 +96,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     side, side_tmp = sum_path(path), sum_path(path).with_name(sum_path(path).name + ".tmp")
+    sink = None
     try:
         with open(tmp, "wb") as f:
             sink = _CrcFile(f)
@@ -86,8 +107,14 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             f.write(json.dumps({"bytes": sink.size, "crc32": sink.crc}) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        replace_atomically(tmp, path)
         replace_atomically(side_tmp, side)
+        replace_atomically(tmp, path)
+    except RuntimeError as exc:
+        tmp.unlink(missing_ok=True)
+        side_tmp.unlink(missing_ok=True)
+        if sink is not None and sink.error is not None:
+            raise sink.error from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         side_tmp.unlink(missing_ok=True)
@@ -133,11 +160,10 @@ def mark_final(path: Path) -> Path:
         import shutil
 
         shutil.copyfile(path, tmp)
+    side_tmp = sum_path(final).with_name(sum_path(final).name + ".tmp")
+    side_tmp.write_text(sum_path(path).read_text())
+    replace_atomically(side_tmp, sum_path(final))
     replace_atomically(tmp, final)
-    if sum_path(path).exists():
-        side_tmp = sum_path(final).with_name(sum_path(final).name + ".tmp")
-        side_tmp.write_text(sum_path(path).read_text())
-        replace_atomically(side_tmp, sum_path(final))
     return final
 
 
@@ -149,21 +175,29 @@ def _crc_of(path: Path) -> int:
     return crc
 
 
+def _expected(path: Path) -> dict[str, int]:
+    """Size and CRC32 from the sidecar; UnverifiableCheckpoint when there is none to trust."""
+    side = sum_path(path)
+    try:
+        expected = json.loads(side.read_text())
+    except FileNotFoundError:
+        raise UnverifiableCheckpoint(f"unverifiable: its checksum file {side.name} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise UnverifiableCheckpoint(f"unverifiable: its checksum file {side.name} is unreadable ({type(exc).__name__})") from None
+    if not (isinstance(expected, dict) and isinstance(expected.get("bytes"), int) and isinstance(expected.get("crc32"), int)):
+        raise UnverifiableCheckpoint(f"unverifiable: its checksum file {side.name} is not a size and CRC32")
+    return expected
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The payload of a qkvlab checkpoint, or CorruptCheckpoint saying in a few words what is wrong."""
     path = Path(path)
-    side = sum_path(path)
-    if side.exists():
-        try:
-            expected = json.loads(side.read_text())
-        except (OSError, ValueError):
-            expected = None
-        if expected:
-            size = path.stat().st_size
-            if size != expected["bytes"]:
-                raise CorruptCheckpoint(f"truncated ({size:,} of {expected['bytes']:,} bytes)")
-            if _crc_of(path) != expected["crc32"]:
-                raise CorruptCheckpoint("checksum mismatch (the file is damaged)")
+    expected = _expected(path)
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        raise CorruptCheckpoint(f"truncated ({size:,} of {expected['bytes']:,} bytes)")
+    if _crc_of(path) != expected["crc32"]:
+        raise CorruptCheckpoint("checksum mismatch (the file is damaged)")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -180,7 +214,7 @@ def good_checkpoints(run_dir: Path, say=print) -> Iterator[tuple[Path, dict[str,
         try:
             yield path, read_checkpoint(path)
         except CorruptCheckpoint as exc:
-            say(f"qkvlab: checkpoint {path} is corrupt: {exc}; falling back to the previous one")
+            say(f"qkvlab: checkpoint {path} is {exc.verdict()}; falling back to the previous one")
 
 
 def version_problem(what: str, version: int, fix: str) -> str | None:

@@ -6,6 +6,10 @@ resumes there (train.resume=auto): re-running a sweep only does the work that
 is missing. A directory named by hand (hydra.run.dir=...) is never skipped:
 its name does not say which config completed there.
 
+A job first takes the run directory's lock (qkvlab/train/lock.py), then checks
+that the directory was trained with the same config (run.json records its
+hash), and only then writes anything, .hydra/ included.
+
 Exit codes of `qkvlab train` (a single run):
   0    completed
   1    failed while training (the error line is in summary.json)
@@ -29,14 +33,15 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from qkvlab.runname import job_config, run_id  # also registers ${qkvlab_run_id:} in every job's process
+from qkvlab.runname import config_diff, config_hash, hashed_values, job_config, run_id  # also registers ${qkvlab_run_id:}
 from qkvlab.checks import checked
 from qkvlab.config import describe_error
 from qkvlab.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, ConfigError, error_line, fail, full_errors
 from qkvlab.rundir import load_run
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.signals import Preempted, exit_code
-from qkvlab.train.sweep_report import sweep_failed
+from qkvlab.train.lock import RunDirBusy, hold
+from qkvlab.train.sweep_report import record_refused, sweep_failed
 
 # Overrides the resume command must not repeat: it names the directory itself and resumes from it.
 _DROPPED = ("hydra.run.dir=", "hydra.sweep.dir=", "train.resume=", "+train.resume=", "++train.resume=")
@@ -74,12 +79,40 @@ class JobResult(dict):
 
 
 def train_job(cfg: DictConfig) -> JobResult | None:
-    from qkvlab.train.run import run  # torch loads here, not for --help/--cfg
-
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        lock = hold(run_dir)
+    except RunDirBusy as exc:
+        return job_refused(run_dir, multirun, "busy", str(exc))
+    with lock:
+        return _train_job(cfg, run_dir, multirun)
+
+
+def _train_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> JobResult | None:
+    """The job, once this process holds the run directory."""
+    from qkvlab.train.resume import read_run_file
+    from qkvlab.train.run import run  # torch loads here, not for --help/--cfg
+
+    config = job_config(cfg)
+    try:
+        meta = read_run_file(run_dir)
+    except ConfigError as exc:
+        return job_refused(run_dir, multirun, "refused", str(exc))
+    identity = {"config_hash": config_hash(config), "config": hashed_values(config)}
+    stored = meta.get("config_hash", identity["config_hash"])
+    if stored != identity["config_hash"] and cfg.train.resume != "never" and holds_results(run_dir):
+        diffs = config_diff(meta.get("config") or {}, identity["config"]) or [f"config hash {meta['config_hash']} -> {identity['config_hash']}"]
+        return job_refused(
+            run_dir, multirun, "refused",
+            f"{run_dir} was trained with a different config: {', '.join(diffs)}; "
+            "use a new directory, or train.resume=never to start it afresh with this config",
+        )
+    save_hydra_files(run_dir, cfg)
     previous = load_run(run_dir)
-    if previous.finished and run_dir.name == run_id(job_config(cfg)) and cfg.train.resume != "never":
+    if previous.unreadable:
+        print(f"qkvlab: {previous.unreadable.split(';')[0]}; treating the run as unfinished", flush=True)
+    if previous.finished and run_dir.name == run_id(config) and cfg.train.resume != "never":
         print(f"skipped, already completed: {run_dir} (train.resume=never trains it again)", flush=True)
         return JobResult(previous.summary)
     try:
@@ -89,7 +122,7 @@ def train_job(cfg: DictConfig) -> JobResult | None:
             raise
         return job_failed(run_dir, multirun, EXIT_BAD_INPUT, describe_error(exc))
     try:
-        return JobResult(run(typed, run_dir))
+        return JobResult(run(typed, run_dir, identity))
     except Preempted as exc:
         name = signal.Signals(exc.signum).name
         print(
@@ -106,6 +139,26 @@ def train_job(cfg: DictConfig) -> JobResult | None:
         return job_failed(run_dir, multirun, *classify(exc, run_dir))
 
 
+def holds_results(run_dir: Path) -> bool:
+    """Whether a run directory has trained anything (rows or checkpoints) that a new config would relabel."""
+    metrics = run_dir / "metrics.jsonl"
+    return (metrics.exists() and metrics.stat().st_size > 0) or any((run_dir / "checkpoints").glob("*.pt"))
+
+
+def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
+    """.hydra/{config,hydra,overrides}.yaml, written once the job holds the directory and accepted its config.
+
+    Hydra would write them before the job starts (conf/config.yaml sets
+    hydra.output_subdir to null), over the config of a run that another process
+    is training, or of a finished run that another config is then refused from."""
+    from hydra.core.utils import _save_config
+
+    folder = run_dir / ".hydra"
+    _save_config(cfg, "config.yaml", folder)
+    _save_config(HydraConfig.instance().cfg, "hydra.yaml", folder)
+    _save_config(HydraConfig.get().overrides.task, "overrides.yaml", folder)
+
+
 def job_failed(run_dir: Path, multirun: bool, code: int, line: str) -> None:
     """A single run exits with `code`; a sweep job records the failure and lets the sweep go on."""
     if not multirun:
@@ -115,6 +168,14 @@ def job_failed(run_dir: Path, multirun: bool, code: int, line: str) -> None:
         writer.summary({"status": "failed", "error": line})
         writer.close(failed=True)
     print(f"qkvlab: error: job failed: {line}", file=sys.stderr, flush=True)
+
+
+def job_refused(run_dir: Path, multirun: bool, status: str, line: str) -> None:
+    """A job that must not write its run directory at all: exit 2, or in a sweep a note for the final table."""
+    if not multirun:
+        fail(line)
+    record_refused(Path(HydraConfig.get().sweep.dir), run_dir, status, line)
+    print(f"qkvlab: error: job {status}: {line}", file=sys.stderr, flush=True)
 
 
 def hydra_main(config_path: str) -> None:

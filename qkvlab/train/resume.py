@@ -11,7 +11,6 @@ the run directory and the W&B run id that a resumed run continues.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import string
 from pathlib import Path
@@ -20,8 +19,8 @@ from typing import Any, Callable, Optional
 from qkvlab import __version__
 from qkvlab.config import FORMAT_VERSION
 from qkvlab.errors import ConfigError
-from qkvlab.rundir import load_run
-from qkvlab.files import write_json_atomic
+from qkvlab.rundir import read_metrics
+from qkvlab.files import write_json_atomic, write_text_atomic
 from qkvlab.train.checkpoint import (
     CHECKPOINTS,
     CheckpointError,
@@ -61,23 +60,20 @@ def write_run_file(run_dir: Path, meta: dict[str, Any]) -> None:
     write_json_atomic(Path(run_dir) / RUN_FILE, {**meta, "format_version": FORMAT_VERSION, "qkvlab_version": __version__})
 
 
-def rewind_metrics(run_dir: Path, step: int, source: Optional[Path] = None) -> bool:
+def rewind_metrics(run_dir: Path, step: int, source: Optional[Path] = None, say: Callable[[str], None] = print) -> bool:
     """Keep metrics.jsonl rows up to `step`; a run resumed from another run's checkpoint starts with that run's rows.
-    Whether the run had rows before."""
+    A malformed line is named and left out, never the rows after it. Whether the run had rows before."""
     run_dir = Path(run_dir)
     target = run_dir / METRICS
-    rows = load_run(run_dir).metrics
+    rows, problems = read_metrics(target)
     if not rows and source is not None and source.resolve() != run_dir.resolve():
-        rows = load_run(source).metrics
+        rows, problems = read_metrics(source / METRICS)
+    for problem in problems:
+        say(f"qkvlab: {problem}")
     kept = [r for r in rows if r.get("step", 0) <= step]
     if not target.exists() and not kept:
         return bool(rows)
-    tmp = target.with_name(METRICS + ".tmp")
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
+    write_text_atomic(target, "".join(json.dumps(r) + "\n" for r in kept))
     return bool(rows)
 
 
@@ -121,20 +117,20 @@ def restore(trainer, run_dir: Path, say: Callable[[str], None] = print) -> Optio
         removed = clear_checkpoints(run_dir)
         if removed:
             say(f"qkvlab: train.resume=never: removed {removed} old checkpoint(s) from {run_dir / CHECKPOINTS}")
-        rewind_metrics(run_dir, 0)
+        rewind_metrics(run_dir, 0, say=say)
         return None
     if mode == "auto":
         for path, payload in good_checkpoints(run_dir, say):
             return _load(trainer, cfg, run_dir, path, payload, say)
         drop_checkpoints_after(run_dir, -1)
-        if rewind_metrics(run_dir, 0):
+        if rewind_metrics(run_dir, 0, say=say):
             say(f"qkvlab: no loadable checkpoint in {run_dir / CHECKPOINTS}; starting again from step 0")
         return None
     path = Path(mode)
     try:
         payload = read_checkpoint(path)
     except CorruptCheckpoint as exc:
-        raise CheckpointError(f"train.resume={mode}: the checkpoint is corrupt: {exc}; pick another checkpoint") from exc
+        raise CheckpointError(f"train.resume={mode}: the checkpoint is {exc.verdict()}; pick another checkpoint") from exc
     source = path.resolve().parent.parent if path.resolve().parent.name == CHECKPOINTS else None
     return _load(trainer, cfg, run_dir, path, payload, say, source)
 
@@ -148,6 +144,6 @@ def _load(trainer, cfg, run_dir, path, payload, say, source=None) -> Path:
         )
     trainer.load_state_dict(payload, path)
     drop_checkpoints_after(run_dir, step)
-    rewind_metrics(run_dir, step, source)
+    rewind_metrics(run_dir, step, source, say)
     say(f"qkvlab: resuming from {path} (step {step} of {cfg.train.steps})")
     return path

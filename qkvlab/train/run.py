@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from qkvlab.errors import error_line
+from qkvlab.files import write_json_atomic
 from qkvlab.config import Config, as_dict
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.track.wandb_sink import WandbSink, resolve_mode
@@ -46,20 +47,25 @@ def status_of(exc: BaseException) -> str:
     return "interrupted" if isinstance(exc, (KeyboardInterrupt, Preempted)) else "failed"
 
 
-def run(cfg: Config, run_dir: Path) -> dict[str, Any]:
-    """Train (or continue training) in `run_dir`; SIGTERM/SIGINT end it at a step boundary with `Preempted`."""
+def run(cfg: Config, run_dir: Path, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or continue training) in `run_dir`; SIGTERM/SIGINT end it at a step boundary with `Preempted`.
+
+    `identity` (the config's hash and values) goes into run.json, and summary.json
+    says `running`, before restore() removes or rewinds anything: a run killed
+    after that never leaves a directory that claims a result it no longer holds."""
     run_dir = Path(run_dir)
     trainer: Trainer | None = None
     writer: MetricsWriter | None = None
     meta = read_run_file(run_dir)  # before anything is written: a directory from another version stays as it is
     run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.resume == "never" or "wandb_id" not in meta:
+        meta = {**meta, "wandb_id": new_run_id()}
+    write_run_file(run_dir, {**meta, **(identity or {})})
+    write_json_atomic(run_dir / "summary.json", {**base_summary(cfg, None), "status": "running"})
     try:
         with StopRequest() as stop:
             trainer = Trainer(cfg, run_dir)
             restore(trainer, run_dir)
-            if cfg.train.resume == "never" or "wandb_id" not in meta:
-                meta = {"wandb_id": new_run_id()}
-            write_run_file(run_dir, meta)
             writer = MetricsWriter(run_dir, make_sinks(cfg, run_dir, trainer.info, meta["wandb_id"]))
             result = trainer.fit(writer, stop)
         summary = {**base_summary(cfg, trainer.info), **result, "status": "completed"}

@@ -4,10 +4,15 @@ Read from the run directories (summary.json), so it works the same for every
 Hydra launcher, jobs run in other processes or on other machines included.
 The sweep directory (outputs/<experiment>) also holds the runs of earlier
 sweeps; this sweep's jobs are those Hydra wrote a config for since it began.
+A job refused before it may write its run directory (another process holds it,
+or it was trained with another config) leaves a note in the sweep directory's
+`.qkvlab-refused/` instead, which the report reads and removes.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,7 @@ from omegaconf import DictConfig
 from qkvlab.rundir import Run, find_runs
 
 _failed: list[Run] = []
+REFUSED = ".qkvlab-refused"
 
 
 def sweep_failed() -> bool:
@@ -38,6 +44,30 @@ def _written_since(run: Run, started: float) -> bool:
     return config.exists() and config.stat().st_mtime >= started
 
 
+def record_refused(sweep_dir: Path, run_dir: Path, status: str, error: str) -> None:
+    """Note a job that did not touch its run directory, for the report at the end of the sweep."""
+    folder = Path(sweep_dir) / REFUSED
+    folder.mkdir(parents=True, exist_ok=True)
+    note = {"path": str(Path(run_dir).resolve()), "status": status, "error": error}
+    (folder / f"{os.getpid()}-{time.time_ns()}.json").write_text(json.dumps(note))
+
+
+def _refused_since(root: Path, started: float) -> list[Run]:
+    folder = root / REFUSED
+    runs = []
+    for note in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            if note.stat().st_mtime >= started:
+                info = json.loads(note.read_text())
+                runs.append(Run(path=Path(info["path"]), summary={"status": info["status"], "error": info["error"]}))
+        except (OSError, ValueError, KeyError):
+            pass
+        note.unlink(missing_ok=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+    return runs
+
+
 class FailedJobsReport(Callback):
     started = 0.0
 
@@ -48,6 +78,9 @@ class FailedJobsReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(config.hydra.sweep.dir).resolve()
         runs = sorted((r for r in find_runs([root]) if _written_since(r, self.started)), key=lambda r: str(r.path))
+        refused = _refused_since(root, self.started)
+        seen = {r.path for r in refused}
+        runs = [r for r in runs if r.path not in seen] + refused
         bad = [r for r in runs if not r.finished]
         _failed[:] = bad
         if not bad:

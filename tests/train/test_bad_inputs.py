@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -34,4 +35,30 @@ def test_run_directory_from_an_older_version_is_left_alone(tmp_path, run_cli, ki
     assert res.returncode == 2
     line, = res.stderr.strip().splitlines()
     assert "run directory" in line and "was written by an older qkvlab (format 0;" in line
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra", "run.json", "train.log"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock", "run.json"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_file_in_the_way_of_the_run_directory_is_one_line(tmp_path, run_cli, kit, multirun):
+    (tmp_path / "blocker").write_text("not a directory")
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    res = run_cli("train", *(["-m", "seed=0,1"] if multirun else []), *kit.TINY, "train.steps=3", f"{key}=blocker/runs", env_extra=kit.ENV)
+    assert res.returncode == 2
+    line, = res.stderr.strip().splitlines()
+    assert line == f"qkvlab: error: cannot create the run directory blocker/runs: blocker is a file, not a directory; choose another {key} or fix the path"
+
+
+@pytest.mark.slow
+def test_a_read_only_file_system_is_one_line(tmp_path, run_cli, kit):
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a read-only tmpfs needs root; as a user, chmod would do (as root it does not stop writes)")
+    try:
+        res = run_cli("train", *kit.TINY, "train.steps=3", "hydra.run.dir=ro/run", env_extra=kit.ENV)
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+    assert res.returncode == 2
+    line, = res.stderr.strip().splitlines()
+    assert line == "qkvlab: error: cannot create the run directory ro/run: read-only file system; choose another hydra.run.dir or fix the path"

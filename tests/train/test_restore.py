@@ -89,3 +89,25 @@ def test_a_token_budget_run_resumes_past_the_default_step_count(tmp_path):
     resumed = Trainer(tiny(steps=300, tokens_per_param=20.0), tmp_path)
     assert restore(resumed, tmp_path, say=lambda _: None).name == "step_00000400.pt"
     assert resumed.state.step == 400
+
+
+def test_a_malformed_line_mid_file_is_named_and_no_valid_row_is_lost(tmp_path):
+    """12 rows with garbage on line 5, resumed from step 10: every row up to step 10 stays, line 5 is reported."""
+    trainer = Trainer(tiny(), tmp_path)
+    trainer.state.step = 10
+    trainer.save()
+    lines = [json.dumps({"step": s, "tokens": s * 128}) for s in range(1, 13)]
+    lines[4] = "#garbage from an editor"
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    said = []
+    restore(Trainer(tiny(), tmp_path), tmp_path, say=said.append)
+    assert steps_in(tmp_path) == [1, 2, 3, 4, 6, 7, 8, 9, 10]
+    bad = [s for s in said if "line 5" in s]
+    assert len(bad) == 1 and str(tmp_path / "metrics.jsonl") in bad[0] and "#garbage" in bad[0], said
+
+
+def test_a_torn_last_line_is_dropped_without_a_warning(run_dir):
+    said = []
+    restore(Trainer(tiny(), run_dir), run_dir, say=said.append)
+    assert steps_in(run_dir) == [5, 10, 15, 20, 25, 30]
+    assert not [s for s in said if "metrics.jsonl line" in s], said

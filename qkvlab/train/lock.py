@@ -1,0 +1,73 @@
+"""One process per run directory.
+
+Two processes writing the same run directory destroy each other's metrics and
+checkpoints (the same sweep launched twice, a SLURM requeue while the old job
+still runs). A job therefore holds an OS lock (flock) on `<run dir>/.lock` for
+as long as it runs. The kernel drops the lock when its holder exits, however it
+exits, so a killed run never leaves a stale lock; the file's content (pid, host,
+start time) only serves the message a second process prints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+LOCK = ".lock"
+
+
+class RunDirBusy(Exception):
+    """Another process holds the run directory; the message is one line naming it."""
+
+
+def hold(run_dir: Path) -> "RunDirLock":
+    """The run directory's lock, held; RunDirBusy when another process holds it. Release with `with`."""
+    lock = RunDirLock(run_dir)
+    lock.acquire()
+    return lock
+
+
+class RunDirLock:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        path = self.run_dir / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(fd)
+            os.close(fd)
+            raise RunDirBusy(
+                f"run directory {self.run_dir} is in use by {holder}; wait for that run to end (or stop it), "
+                "or train in another directory"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}).encode(), 0)
+        self.fd = fd
+
+    def __enter__(self) -> "RunDirLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
+
+def _holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0))
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info["since"]))
+        return f"pid {info['pid']} on {info['host']} (since {since})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
