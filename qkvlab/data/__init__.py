@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qkvlab.data.source import IGNORE, Batch, DataSource
+from qkvlab.data.source import IGNORE, MISSING, Batch, DataSource, check_same_data
 from qkvlab.data.synthetic import SYNTHETIC_TASKS, SyntheticTask, check_synthetic
 from qkvlab.data.text import TextData, check_text
 
@@ -25,4 +25,4 @@ def build_data(cfg) -> DataSource:
     return TASKS[cfg.data.task](cfg)
 
 
-__all__ = ["IGNORE", "Batch", "DataSource", "TASKS", "build_data", "check_data"]
+__all__ = ["IGNORE", "MISSING", "Batch", "DataSource", "TASKS", "build_data", "check_data", "check_same_data"]

@@ -78,6 +78,15 @@ class TextData:
     causal = True
     exact_match = False
 
+    @property
+    def identity(self) -> dict:
+        return self.tokens.identity
+
+    @property
+    def source(self) -> str:
+        """The corpus as the user named it, for messages."""
+        return f"data.path={self.cfg.path}" if self.cfg.path is not None else f"data.hub={self.cfg.hub}"
+
     def __init__(self, cfg: Config):
         d = cfg.data
         self.cfg, self.seed = d, cfg.seed

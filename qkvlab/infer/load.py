@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from qkvlab.checks import checked
 from qkvlab.config import Config
 from qkvlab.errors import ConfigError
+from qkvlab.data import MISSING, DataSource, build_data, check_same_data
 from qkvlab.model import Transformer, build_model
 from qkvlab.rundir import Run, load_run
 from qkvlab.train.checkpoint import CHECKPOINTS, FINAL, CorruptCheckpoint, read_checkpoint
@@ -32,9 +33,18 @@ class TrainedRun:
     device: torch.device
     precision: str
     step: int
+    # What the checkpoint recorded of its data (MISSING: a checkpoint older than the record).
+    data_identity: object = MISSING
 
     def amp(self):
         return autocast(self.device, self.precision)
+
+    def data(self, cfg: Config | None = None) -> DataSource:
+        """The run's data (at `cfg`, e.g. another context length), refused unless it is what the run trained on."""
+        data = build_data(cfg or self.cfg)
+        check_same_data(self.data_identity, data, str(self.run.path / CHECKPOINT), "train the run again")
+        self.data_identity = data.identity  # an old checkpoint's note is said once; every context scores one corpus
+        return data
 
     @property
     def dtype(self) -> torch.dtype:
@@ -67,4 +77,5 @@ def load_trained(run_dir: Path | str, overrides: Sequence[str] = ()) -> TrainedR
     model = build_model(cfg, ckpt["vocab_size"]).to(device)
     model.load_state_dict(ckpt["model"])
     model.eval()
-    return TrainedRun(run, cfg, model, device, resolve_precision(cfg.train.precision, device), ckpt["step"])
+    precision = resolve_precision(cfg.train.precision, device)
+    return TrainedRun(run, cfg, model, device, precision, ckpt["step"], ckpt.get("data", MISSING))

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from qkvlab.config import Config, as_dict
 from qkvlab.errors import ConfigError
-from qkvlab.data import IGNORE, build_data
+from qkvlab.data import IGNORE, MISSING, build_data, check_same_data
 from qkvlab.model.matching import match_report
 from qkvlab.model import AttentionSpec, attention_spec, build_model, count_params, kv_cache_bytes_per_token
 from qkvlab.model.flops import matmul_params, train_flops_per_token
@@ -148,6 +148,7 @@ class Trainer:
         return {
             "config": as_dict(self.cfg),
             "vocab_size": self.info.vocab_size,
+            "data": self.data.identity,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
@@ -157,6 +158,7 @@ class Trainer:
     def load_state_dict(self, payload: dict[str, Any], path: Path) -> None:
         """Continue from a checkpoint already checked by `check_resumable`."""
         check_shapes(payload["model"], self.model, path)
+        check_same_data(payload.get("data", MISSING), self.data, str(path), "start fresh with train.resume=never")
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"])
