@@ -23,6 +23,13 @@ from qkvlab.train.checkpoint import CHECKPOINTS, FINAL, CorruptCheckpoint, read_
 from qkvlab.train.device import autocast, compute_dtype, pick_device, resolve_precision
 
 CHECKPOINT = Path(CHECKPOINTS) / FINAL
+# What a trained run is: overriding any of these would score the weights with other token ids, another
+# task or another model. (Scoring other text with the run's tokenizer is downstream evaluation's job.)
+FIXED_PREFIXES = ("model.", "variant.")
+FIXED = {"model", "variant", "data"} | {
+    f"data.{k}" for k in ("name", "task", "causal", "path", "hub", "hub_config", "split", "text_field", "tokenizer",
+                          "bpe_vocab_size", "max_tokens", "num_pairs", "num_keys", "num_values")
+}
 
 
 @dataclass
@@ -57,6 +64,13 @@ def run_config(run: Run, overrides: Sequence[str]) -> Config:
     bad = [o for o in overrides if "=" not in o or o.startswith(("+", "~"))]
     if bad:
         raise ConfigError(f"override '{bad[0]}' is not key=value; e.g. train.device=cpu data.batch_size=16")
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        if key in FIXED or key.startswith(FIXED_PREFIXES):
+            raise ConfigError(
+                f"{o} would change the data, tokenizer or model this run trained with; "
+                f"eval and generate always use the run's own: drop {key}"
+            )
     merged = OmegaConf.merge(OmegaConf.create(run.config), OmegaConf.from_dotlist(list(overrides)))
     return checked(merged)
 
