@@ -47,8 +47,8 @@ def local_files(path: str) -> list[Path]:
     return [p.resolve() for p in files]
 
 
-def check_corpus(d: DataConfig) -> None:
-    """Start-up checks that need no reading beyond a stat."""
+def check_corpus(d: DataConfig, files_needed: bool = True) -> None:
+    """Start-up checks that need no reading beyond a stat; `files_needed` False: a token cache stands in for them."""
     if d.path is None and d.hub is None:
         raise ConfigError("data.task=text needs data.path (local files, e.g. data=text data.path=corpus.txt) or data.hub (a Hugging Face dataset name)")
     if d.path is not None and d.hub is not None:
@@ -57,7 +57,7 @@ def check_corpus(d: DataConfig) -> None:
         )
     if not d.text_field:
         raise ConfigError("data.text_field is empty; name the column that holds the text (usually 'text')")
-    if d.path is not None:
+    if d.path is not None and files_needed:
         local_files(d.path)
 
 

@@ -242,9 +242,13 @@ class CacheRequest:
     num_proc: int | None = None
     total_bytes: int | None = None
     progress: bool = True
+    # A complete entry found by other means (qkvlab/data/offline.py): used as it is.
+    entry: Path | None = None
 
     @property
     def path(self) -> Path:
+        if self.entry is not None:
+            return self.entry
         return cache_root() / "tokens" / entry_name(self.label, {**self.identity, "format": CACHE_FORMAT, "max_tokens": self.max_tokens})
 
 

@@ -76,3 +76,12 @@ def test_an_edited_corpus_is_refused_by_resume_and_eval(run_cli, tmp_path, corpu
     (line,) = [l for l in evaluated.stderr.splitlines() if l.startswith("qkvlab: error")]
     assert "the corpus changed since this run trained" in line and line.endswith("restore the corpus, or train the run again")
     assert (tmp_path / "run" / "eval.json").read_text() == report, "eval.json was overwritten"
+
+
+@pytest.mark.slow
+def test_a_cached_corpus_evaluates_without_its_source_file(run_cli, tmp_path, corpus_file):
+    assert run_cli("train", "data=text", f"data.path={corpus_file}", *TINY, "hydra.run.dir=run").returncode == 0
+    corpus_file.unlink()
+    out = run_cli("eval", "run", "--contexts", "32")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"qkvlab: data.path={corpus_file} does not exist; using its token cache" in out.stderr
