@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from qkvlab.config import CONF_DIR, describe_error
-from qkvlab.errors import fail, full_errors
+from qkvlab.errors import EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, fail, full_errors
 
 MAX_PRECHECK_JOBS = 512
 
@@ -172,7 +172,7 @@ def guarded(main: Callable[[list[str]], None], args: list[str]) -> None:
     except Exception as exc:
         if full_errors():
             raise
-        fail(describe_error(exc), code=1)
+        fail(describe_error(exc), code=EXIT_BAD_INPUT if isinstance(exc, ConfigError) else EXIT_FAILED)
 
 
 def lazy_command(module: str, name: str) -> Callable[[list[str]], None]:

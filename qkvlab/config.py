@@ -53,8 +53,10 @@ class ModelConfig:
     n_heads: int = 4
     d_ff: int = 256
     context: int = 128
-    # None: take the vocabulary size from the data.
+    # None: the data's vocabulary rounded up to a multiple of vocab_multiple (64 for the GPT-style
+    # presets: 50304 rows for GPT-2's 50257); a number: exactly that many rows, at least the data's.
     vocab_size: Optional[int] = None
+    vocab_multiple: int = 1
     positions: str = "rope"
     rope_theta: float = 10000.0
     norm: str = "rmsnorm"

@@ -8,6 +8,7 @@ half-written entry.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -39,13 +40,21 @@ def is_complete(path: Path) -> bool:
     return (path / COMPLETE).is_file()
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    return json.loads((path / COMPLETE).read_text())
-
-
 def write_meta(path: Path, meta: dict[str, Any]) -> None:
     """Written last by a builder: its presence marks the entry complete."""
     write_json_atomic(path / COMPLETE, meta)
+
+
+def unwritable(exc: OSError) -> Exception:
+    """The cache root cannot be written: one line naming it (other OS errors pass through)."""
+    if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST):
+        return exc
+    from qkvlab.errors import ConfigError
+
+    return ConfigError(
+        f"QKVLAB_CACHE={cache_root()} is not writable ({exc.strerror}: {exc.filename}); "
+        "set QKVLAB_CACHE to a writable directory"
+    )
 
 
 def build_once(path: Path, build: Callable[[Path], None], what: str) -> Path:
@@ -56,13 +65,15 @@ def build_once(path: Path, build: Callable[[Path], None], what: str) -> Path:
     path = Path(path)
     if is_complete(path):
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path) + ".lock")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
     except Timeout:
         print(f"qkvlab: another job is building the {what} at {path}; waiting for it", file=sys.stderr, flush=True)
         lock.acquire()
+    except OSError as exc:
+        raise unwritable(exc) from exc
     try:
         if is_complete(path):
             return path
@@ -71,7 +82,10 @@ def build_once(path: Path, build: Callable[[Path], None], what: str) -> Path:
         if path.exists():
             shutil.rmtree(path)  # an entry without meta.json is never read; rebuild it
         tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-        tmp.mkdir()
+        try:
+            tmp.mkdir()
+        except OSError as exc:
+            raise unwritable(exc) from exc
         try:
             build(tmp)
             if not is_complete(tmp):

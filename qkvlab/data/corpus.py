@@ -9,6 +9,8 @@ row, or a hub row, is one document.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import socket
 import sys
@@ -47,8 +49,8 @@ def local_files(path: str) -> list[Path]:
     return [p.resolve() for p in files]
 
 
-def check_corpus(d: DataConfig) -> None:
-    """Start-up checks that need no reading beyond a stat."""
+def check_corpus(d: DataConfig, files_needed: bool = True) -> None:
+    """Start-up checks that need no reading beyond a stat; `files_needed` False: a token cache stands in for them."""
     if d.path is None and d.hub is None:
         raise ConfigError("data.task=text needs data.path (local files, e.g. data=text data.path=corpus.txt) or data.hub (a Hugging Face dataset name)")
     if d.path is not None and d.hub is not None:
@@ -57,7 +59,7 @@ def check_corpus(d: DataConfig) -> None:
         )
     if not d.text_field:
         raise ConfigError("data.text_field is empty; name the column that holds the text (usually 'text')")
-    if d.path is not None:
+    if d.path is not None and files_needed:
         local_files(d.path)
 
 
@@ -158,7 +160,73 @@ def split_document(text: str, size: int = PIECE_CHARS) -> list[str]:
 def documents(d: DataConfig) -> Iterator[str]:
     """Every document's text, in corpus order; the corpus is opened now, so a missing one fails here."""
     files = local_files(d.path) if d.path is not None else []
-    return _texts(load(d, files), d, files)
+    if not files:
+        return _texts(load(d, files), d, files)
+    # The builders report their own parse errors; each becomes one line of ours (unreadable_file).
+    logging.getLogger("datasets.packaged_modules").setLevel(logging.CRITICAL)
+    try:
+        ds = load(d, files)
+    except Exception as exc:
+        raise unreadable_file(d, files, exc) from exc
+    return _named_errors(_texts(ds, d, files), d, files)
+
+
+def _named_errors(texts: Iterator[str], d: DataConfig, files: list[Path]) -> Iterator[str]:
+    """A streamed corpus fails while it is read: the same one line as a loaded one."""
+    try:
+        yield from texts
+    except Exception as exc:
+        raise unreadable_file(d, files, exc) from exc
+
+
+def unreadable_file(d: DataConfig, files: list[Path], exc: Exception) -> Exception:
+    """The file (and line) a `datasets` builder failed on, found by reading the files ourselves; `exc`
+    itself when no file is to blame."""
+    if isinstance(exc, ConfigError):
+        return exc
+    builder = BUILDERS[files[0].suffix.lower()]
+    for path in files:
+        if builder == "json":
+            bad = _bad_json(path)
+            if bad:
+                return ConfigError(f"data.path={d.path}: line {bad[0]} of {path} is not valid JSON ({bad[1]}); fix or delete that line")
+        elif builder == "parquet":
+            problem = _bad_parquet(path)
+            if problem:
+                return ConfigError(
+                    f"data.path={d.path}: {path} is not a readable Parquet file ({problem}); replace that file or remove it from data.path"
+                )
+    return exc
+
+
+def _bad_json(path: Path) -> tuple[int, str] | None:
+    """(line, reason) of the first line that is not JSON; a .json file may also be one JSON document."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix.lower() == ".json":
+        try:
+            json.loads(text)
+            return None
+        except ValueError:
+            pass
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except ValueError as exc:
+                return n, getattr(exc, "msg", str(exc))
+    return None
+
+
+def _bad_parquet(path: Path) -> str | None:
+    import pyarrow.parquet as pq
+
+    try:
+        f = pq.ParquetFile(path)
+        for i in range(f.num_row_groups):
+            f.read_row_group(i)
+    except Exception as exc:  # pyarrow raises OSError, ArrowInvalid, ... for a damaged file
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return None
 
 
 def _texts(ds, d: DataConfig, files: list[Path]) -> Iterator[str]:
@@ -167,13 +235,19 @@ def _texts(ds, d: DataConfig, files: list[Path]) -> Iterator[str]:
     names = getattr(ds, "column_names", None)
     if names is not None and column not in names:
         raise ConfigError(f"data.text_field={column} is not a column of the corpus; its columns are: {', '.join(names)}")
+    feature = (getattr(ds, "features", None) or {}).get(column)
+    kind = getattr(feature, "dtype", None)
+    if feature is not None and kind not in ("string", "large_string"):
+        raise _not_text(d, column, kind or type(feature).__name__, names or [])
     replaced = 0
     for row in ds:
         if column not in row:
             raise ConfigError(f"data.text_field={column} is not a column of the corpus; its columns are: {', '.join(row)}")
         text = row[column]
-        if not text:
+        if text is None or text == "":
             continue
+        if not isinstance(text, str):
+            raise _not_text(d, column, type(text).__name__, list(row))
         if local and REPLACEMENT in text:
             replaced += text.count(REPLACEMENT)
         yield text
@@ -185,6 +259,14 @@ def _texts(ds, d: DataConfig, files: list[Path]) -> Iterator[str]:
             file=sys.stderr,
             flush=True,
         )
+
+
+def _not_text(d: DataConfig, column: str, kind: str, names: list[str]) -> ConfigError:
+    where = f"data.path={d.path}" if d.path is not None else f"data.hub={d.hub}"
+    return ConfigError(
+        f"data.text_field={column} of {where} holds {kind} values, not text; "
+        f"set data.text_field to the column that holds the text (columns: {', '.join(names)})"
+    )
 
 
 def _count_in_file(path: Path) -> int:

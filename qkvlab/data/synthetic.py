@@ -75,6 +75,8 @@ def check_synthetic(d: DataConfig) -> None:
 
 
 class SyntheticTask:
+    identity = None
+
     def __init__(self, cfg: Config):
         d = cfg.data
         self.cfg, self.seed = d, cfg.seed

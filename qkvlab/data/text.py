@@ -13,6 +13,7 @@ every variant with that seed see the same data.
 
 from __future__ import annotations
 
+import sys
 from typing import Iterator
 
 import numpy as np
@@ -20,15 +21,16 @@ import torch
 
 from qkvlab.config import Config, DataConfig
 from qkvlab.errors import ConfigError
-from qkvlab.data import corpus, tokenizer
+from qkvlab.data import corpus, offline, tokenizer
 from qkvlab.data.source import IGNORE, Batch
-from qkvlab.data.token_cache import CacheRequest, TokenCache, open_token_cache
+from qkvlab.data.token_cache import CACHE_FORMAT, CacheRequest, TokenCache, open_token_cache
 
 _TRAIN_STREAM = 0
+_SAID: set[str] = set()
 
 
 def check_text(d: DataConfig) -> None:
-    corpus.check_corpus(d)
+    corpus.check_corpus(d, files_needed=not (offline.path_missing(d) and offline.cached_entries(d, offline.label_of(d), CACHE_FORMAT)))
     tokenizer.check_tokenizer(d)
     if not d.causal:
         raise ConfigError("data.causal=false is not supported for data.task=text (next-token prediction); set data.causal=true")
@@ -44,13 +46,24 @@ def check_text(d: DataConfig) -> None:
 
 
 def cache_request(d: DataConfig, progress: bool = True) -> CacheRequest:
+    if offline.path_missing(d):
+        entries = offline.cached_entries(d, offline.label_of(d), CACHE_FORMAT)
+        if entries:
+            line = offline.describe_choice(d, entries)
+            if line not in _SAID:  # once per process: eval builds the data once per context
+                _SAID.add(line)
+                print(line, file=sys.stderr, flush=True)
+            path, meta = entries[0]
+            gone = lambda: corpus.local_files(d.path)  # noqa: E731  never called: the entry is complete
+            return CacheRequest(label=meta["label"], identity=meta["identity"], tokenizer=gone, documents=gone,
+                                max_tokens=d.max_tokens, entry=path)
     corpus_id = corpus.identity(d)
 
     def docs() -> Iterator[str]:
         return corpus.documents(d)
 
     return CacheRequest(
-        label=f"{corpus.label(d)}-{d.tokenizer if d.tokenizer != 'bpe' else f'bpe{d.bpe_vocab_size}'}",
+        label=offline.label_of(d),
         identity={"corpus": corpus_id, "tokenizer": tokenizer.identity(d, corpus_id)},
         tokenizer=lambda: tokenizer.load_tokenizer(d, corpus_id, docs, progress),
         documents=docs,
@@ -77,6 +90,15 @@ def split_point(tokens: TokenCache, val_tokens: int) -> int:
 class TextData:
     causal = True
     exact_match = False
+
+    @property
+    def identity(self) -> dict:
+        return self.tokens.identity
+
+    @property
+    def source(self) -> str:
+        """The corpus as the user named it, for messages."""
+        return f"data.path={self.cfg.path}" if self.cfg.path is not None else f"data.hub={self.cfg.hub}"
 
     def __init__(self, cfg: Config):
         d = cfg.data

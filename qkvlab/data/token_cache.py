@@ -20,11 +20,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
-from qkvlab.data.cache import build_once, cache_root, entry_name, read_meta, write_meta
+from qkvlab.data.cache import build_once, cache_root, entry_name, write_meta
 from qkvlab.data.corpus import split_document
+from qkvlab.data.integrity import check_token_entry, file_crc, read_meta, shard_sums
 from qkvlab.data.tokenizer import TextTokenizer, from_spec
 
-CACHE_FORMAT = 1
+# 2: meta.json records checksums (qkvlab/data/integrity.py).
+CACHE_FORMAT = 2
+META_KEYS = ("dtype", "shards", "n_tokens", "vocab_size", "eot", "checksum", "max_id")
 SHARD_TOKENS = 1 << 28
 # Characters handed to one tokenizer job.
 JOB_CHARS = 1 << 20
@@ -37,11 +40,13 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 class TokenCache:
-    """A read-only view of one complete entry as one long token array."""
+    """A read-only view of one complete entry as one long token array; a damaged entry
+    raises DamagedCache (a ConfigError naming it) instead of opening."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.meta = read_meta(self.path)
+        self.meta = read_meta(self.path, "token cache", META_KEYS)
+        check_token_entry(self.path, self.meta)
         dtype = np.dtype(self.meta["dtype"])
         self.shards = [np.memmap(self.path / s["file"], dtype=dtype, mode="r", shape=(s["tokens"],)) for s in self.meta["shards"]]
         self.starts = np.cumsum([0] + [len(s) for s in self.shards])
@@ -64,6 +69,11 @@ class TokenCache:
             parts.append(shard[start - base : end - base])
             start, i = end, i + 1
         return np.concatenate(parts).astype(np.int64) if len(parts) != 1 else parts[0].astype(np.int64)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """What a run records of its data: the entry, and a checksum of its tokens (the same tokens, the same data)."""
+        return {"entry": self.path.name, "checksum": self.meta["checksum"], "tokens": self.n_tokens}
 
     def tokenizer(self) -> TextTokenizer:
         """The tokenizer that made this cache (no download: it is stored beside the shards)."""
@@ -232,9 +242,13 @@ class CacheRequest:
     num_proc: int | None = None
     total_bytes: int | None = None
     progress: bool = True
+    # A complete entry found by other means (qkvlab/data/offline.py): used as it is.
+    entry: Path | None = None
 
     @property
     def path(self) -> Path:
+        if self.entry is not None:
+            return self.entry
         return cache_root() / "tokens" / entry_name(self.label, {**self.identity, "format": CACHE_FORMAT, "max_tokens": self.max_tokens})
 
 
@@ -243,11 +257,13 @@ def open_token_cache(req: CacheRequest) -> TokenCache:
     path = req.path
 
     def build(tmp: Path) -> None:
+        sums: dict[str, Any] = {}
         docs = req.documents()  # the corpus first: a missing corpus is the error to report
         tok = req.tokenizer()
         kind, payload = tok.spec()
         if kind != "byte":
             (tmp / "tokenizer.json").write_text(payload)
+            sums["tokenizer_crc32"] = file_crc(tmp / "tokenizer.json")
         stats = tokenize_into(
             tmp,
             docs,
@@ -262,6 +278,11 @@ def open_token_cache(req: CacheRequest) -> TokenCache:
             from qkvlab.errors import ConfigError
 
             raise ConfigError(f"the corpus {req.label} has no text after reading it; check data.path / data.hub and data.text_field")
+        dtype = token_dtype(tok.vocab_size)
+        crcs, stream, top = shard_sums(tmp, stats["shards"], dtype)
+        for shard, crc in zip(stats["shards"], crcs):
+            shard["crc32"] = crc
+        sums.update(checksum=f"{stream:08x}", max_id=top)
         mb = stats["bytes"] / 1e6
         print(
             f"qkvlab: tokenized {req.label}: {mb:.1f} MB -> {stats['n_tokens']:,} tokens in {stats['seconds']:.1f}s "
@@ -273,11 +294,12 @@ def open_token_cache(req: CacheRequest) -> TokenCache:
             tmp,
             {
                 **stats,
+                **sums,
                 "format": CACHE_FORMAT,
                 "identity": req.identity,
                 "label": req.label,
                 "max_tokens": req.max_tokens,
-                "dtype": token_dtype(tok.vocab_size).name,
+                "dtype": dtype.name,
                 "vocab_size": tok.vocab_size,
                 "eot": tok.eot,
                 "built_by_pid": os.getpid(),

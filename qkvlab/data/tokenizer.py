@@ -17,7 +17,8 @@ from qkvlab.errors import ConfigError
 
 EOT_TEXT = "<|endoftext|>"
 _EOT_CANDIDATES = (EOT_TEXT, "</s>", "<eos>", "<|end_of_text|>", "[SEP]")
-TOKENIZER_FORMAT = 1
+# 2: the BPE cache records a checksum of tokenizer.json.
+TOKENIZER_FORMAT = 2
 
 
 class TextTokenizer(Protocol):
@@ -136,6 +137,7 @@ def load_tokenizer(
         return ByteTokenizer()
     if d.tokenizer == "bpe":
         from qkvlab.data.cache import build_once, cache_root, entry_name, write_meta
+        from qkvlab.data.integrity import check_file, file_crc, read_meta
 
         ident = identity(d, corpus_identity)
         path = cache_root() / "tokenizers" / entry_name(f"bpe{d.bpe_vocab_size}", ident)
@@ -146,9 +148,12 @@ def load_tokenizer(
             start = time.perf_counter()
             tok = train_bpe(bpe_training_texts(documents(), d.max_tokens), d.bpe_vocab_size, show_progress=progress)
             tok.save(str(tmp / "tokenizer.json"))
-            write_meta(tmp, {"identity": ident, "vocab_size": tok.get_vocab_size(), "seconds": time.perf_counter() - start})
+            write_meta(tmp, {"identity": ident, "vocab_size": tok.get_vocab_size(), "seconds": time.perf_counter() - start,
+                             "crc32": file_crc(tmp / "tokenizer.json")})
 
-        build_once(path, build, "BPE tokenizer")
+        what = "BPE tokenizer cache"
+        build_once(path, build, what)
+        check_file(path, "tokenizer.json", read_meta(path, what, ("crc32",))["crc32"], what)
         return HFTokenizer.from_str((path / "tokenizer.json").read_text())
     return _pretrained(d.tokenizer)
 

@@ -60,7 +60,6 @@ def parse_prompt(text: str, vocab_size: int, tokenizer) -> list[int]:
 
 
 def generate_main(args: list[str]) -> None:
-    from qkvlab.data import build_data
     from qkvlab.infer.generate import Sampling, check_sampling, generate
     from qkvlab.infer.load import load_trained
 
@@ -83,7 +82,7 @@ def generate_main(args: list[str]) -> None:
     trained = load_trained(ns.run_dir, ns.overrides)
     if not trained.cfg.data.causal:
         raise ConfigError(f"data.task={trained.cfg.data.task} is bidirectional: it has no decoding; generate needs a causal run")
-    tokenizer = run_tokenizer(build_data(trained.cfg))
+    tokenizer = run_tokenizer(trained.data())
     ids = parse_prompt(ns.prompt, trained.model.vocab_size, tokenizer)
     prompt = torch.tensor([ids] * ns.num_samples, device=trained.device)
     gen = torch.Generator(device=trained.device).manual_seed(ns.seed)

@@ -14,7 +14,6 @@ from typing import Any, Sequence
 from qkvlab.checks import checked
 from qkvlab.config import Config
 from qkvlab.errors import ConfigError
-from qkvlab.data import build_data
 from qkvlab.data.synthetic import SYNTHETIC_TASKS
 from qkvlab.infer.load import TrainedRun, load_trained
 from qkvlab.files import write_json_atomic
@@ -49,7 +48,7 @@ def at_context(cfg: Config, seq_len: int) -> Config:
 def evaluate_trained(trained: TrainedRun, contexts: Sequence[int]) -> list[dict[str, Any]]:
     rows = []
     for context in contexts:
-        data = build_data(at_context(trained.cfg, context))
+        data = trained.data(at_context(trained.cfg, context))
         metrics = evaluate(trained.model, data.val_batches(), trained.device, trained.amp(), data.exact_match)
         rows.append({"context": context, **metrics})
     return rows

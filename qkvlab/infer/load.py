@@ -16,12 +16,20 @@ from omegaconf import OmegaConf
 from qkvlab.checks import checked
 from qkvlab.config import Config
 from qkvlab.errors import ConfigError
+from qkvlab.data import MISSING, DataSource, build_data, check_same_data
 from qkvlab.model import Transformer, build_model
 from qkvlab.rundir import Run, load_run
 from qkvlab.train.checkpoint import CHECKPOINTS, FINAL, CorruptCheckpoint, read_checkpoint
 from qkvlab.train.device import autocast, compute_dtype, pick_device, resolve_precision
 
 CHECKPOINT = Path(CHECKPOINTS) / FINAL
+# What a trained run is: overriding any of these would score the weights with other token ids, another
+# task or another model. (Scoring other text with the run's tokenizer is downstream evaluation's job.)
+FIXED_PREFIXES = ("model.", "variant.")
+FIXED = {"model", "variant", "data"} | {
+    f"data.{k}" for k in ("name", "task", "causal", "path", "hub", "hub_config", "split", "text_field", "tokenizer",
+                          "bpe_vocab_size", "max_tokens", "num_pairs", "num_keys", "num_values")
+}
 
 
 @dataclass
@@ -32,9 +40,18 @@ class TrainedRun:
     device: torch.device
     precision: str
     step: int
+    # What the checkpoint recorded of its data (MISSING: a checkpoint older than the record).
+    data_identity: object = MISSING
 
     def amp(self):
         return autocast(self.device, self.precision)
+
+    def data(self, cfg: Config | None = None) -> DataSource:
+        """The run's data (at `cfg`, e.g. another context length), refused unless it is what the run trained on."""
+        data = build_data(cfg or self.cfg)
+        check_same_data(self.data_identity, data, str(self.run.path / CHECKPOINT), "train the run again")
+        self.data_identity = data.identity  # an old checkpoint's note is said once; every context scores one corpus
+        return data
 
     @property
     def dtype(self) -> torch.dtype:
@@ -47,6 +64,13 @@ def run_config(run: Run, overrides: Sequence[str]) -> Config:
     bad = [o for o in overrides if "=" not in o or o.startswith(("+", "~"))]
     if bad:
         raise ConfigError(f"override '{bad[0]}' is not key=value; e.g. train.device=cpu data.batch_size=16")
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        if key in FIXED or key.startswith(FIXED_PREFIXES):
+            raise ConfigError(
+                f"{o} would change the data, tokenizer or model this run trained with; "
+                f"eval and generate always use the run's own: drop {key}"
+            )
     merged = OmegaConf.merge(OmegaConf.create(run.config), OmegaConf.from_dotlist(list(overrides)))
     return checked(merged)
 
@@ -67,4 +91,5 @@ def load_trained(run_dir: Path | str, overrides: Sequence[str] = ()) -> TrainedR
     model = build_model(cfg, ckpt["vocab_size"]).to(device)
     model.load_state_dict(ckpt["model"])
     model.eval()
-    return TrainedRun(run, cfg, model, device, resolve_precision(cfg.train.precision, device), ckpt["step"])
+    precision = resolve_precision(cfg.train.precision, device)
+    return TrainedRun(run, cfg, model, device, precision, ckpt["step"], ckpt.get("data", MISSING))

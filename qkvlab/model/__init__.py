@@ -5,6 +5,7 @@ from qkvlab.model.transformer import (
     build_model,
     count_params,
     kv_cache_bytes_per_token,
+    model_vocab,
 )
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "build_model",
     "count_params",
     "kv_cache_bytes_per_token",
+    "model_vocab",
 ]

@@ -216,3 +216,7 @@ def check_model(cfg) -> None:
 
     if cfg.variant.family not in FAMILIES:
         raise ConfigError(f"variant.family={cfg.variant.family!r} is not valid; choose one of: {', '.join(FAMILIES)}")
+    if cfg.model.vocab_multiple < 1:
+        raise ConfigError(f"model.vocab_multiple={cfg.model.vocab_multiple} is out of range; it must be >= 1")
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size < 1:
+        raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is out of range; it must be >= 1, or null for the data's")

@@ -138,6 +138,21 @@ def attention_spec(cfg: Config) -> AttentionSpec:
     )
 
 
+def model_vocab(m: ModelConfig, data_vocab: int) -> int:
+    """Embedding rows for a tokenizer of `data_vocab` ids: model.vocab_size when set, else the
+    tokenizer's padded to model.vocab_multiple (a multiple of 64 keeps GPU matmuls on fast tiles)."""
+    if m.vocab_size is None:
+        return -(-data_vocab // m.vocab_multiple) * m.vocab_multiple
+    if m.vocab_size < data_vocab:
+        from qkvlab.errors import ConfigError
+
+        raise ConfigError(
+            f"model.vocab_size={m.vocab_size} is below the data's vocabulary ({data_vocab}); "
+            "raise model.vocab_size or set it to null to take the data's"
+        )
+    return m.vocab_size
+
+
 def build_model(cfg: Config, vocab_size: int) -> Transformer:
     from qkvlab.model.matching import matched_model
 

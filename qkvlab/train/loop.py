@@ -23,10 +23,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from qkvlab.config import Config, as_dict
-from qkvlab.errors import ConfigError
-from qkvlab.data import IGNORE, build_data
+from qkvlab.data import IGNORE, MISSING, build_data, check_same_data
 from qkvlab.model.matching import match_report
-from qkvlab.model import AttentionSpec, attention_spec, build_model, count_params, kv_cache_bytes_per_token
+from qkvlab.model import AttentionSpec, attention_spec, build_model, count_params, kv_cache_bytes_per_token, model_vocab
 from qkvlab.model.flops import matmul_params, train_flops_per_token
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.budget import resolve_steps, tokens_per_step
@@ -124,12 +123,7 @@ class Trainer:
         self.precision = resolve_precision(cfg.train.precision, self.device)
         self.amp = autocast(self.device, self.precision)
         self.data = build_data(cfg)
-        vocab = cfg.model.vocab_size or self.data.vocab_size
-        if vocab < self.data.vocab_size:
-            raise ConfigError(
-                f"model.vocab_size={vocab} is below the data's vocabulary ({self.data.vocab_size}); "
-                "raise model.vocab_size or set it to null to take the data's"
-            )
+        vocab = model_vocab(cfg.model, self.data.vocab_size)
         self.spec = attention_spec(cfg)
         self.model = build_model(cfg, vocab).to(self.device)
         self.cfg = cfg = resolve_steps(cfg, matmul_params(self.model))
@@ -150,6 +144,7 @@ class Trainer:
         return {
             "config": as_dict(self.cfg),
             "vocab_size": self.info.vocab_size,
+            "data": self.data.identity,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
@@ -159,6 +154,7 @@ class Trainer:
     def load_state_dict(self, payload: dict[str, Any], path: Path) -> None:
         """Continue from a checkpoint already checked by `check_resumable`."""
         check_shapes(payload["model"], self.model, path)
+        check_same_data(payload.get("data", MISSING), self.data, str(path), "start fresh with train.resume=never")
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"])

@@ -55,3 +55,33 @@ def test_a_missing_path_fails_at_start_up_in_one_line(run_cli):
         "qkvlab: error: data.path=/nonexistent/corpus.txt does not exist; "
         "point data.path at a .txt, .jsonl or .parquet file or a directory of them"
     ]
+
+
+@pytest.mark.slow
+def test_an_edited_corpus_is_refused_by_resume_and_eval(run_cli, tmp_path, corpus_file, make_docs, write_jsonl):
+    args = ("data=text", f"data.path={corpus_file}", *TINY, "train.checkpoint_every=2", "hydra.run.dir=run")
+    assert run_cli("train", *args).returncode == 0
+    report = '{"an earlier": "eval"}'
+    (tmp_path / "run" / "eval.json").write_text(report)
+    write_jsonl(corpus_file, make_docs(121))
+
+    resumed = run_cli("train", *args[:-1], "train.steps=6", "hydra.run.dir=run")
+    assert resumed.returncode == 2, resumed.stderr[-2000:]
+    (line,) = [l for l in resumed.stderr.splitlines() if l.startswith("qkvlab: error")]
+    assert line.startswith("qkvlab: error: the corpus changed since this run trained: token cache corpus.jsonl-byte-")
+    assert line.endswith("; restore the corpus, or start fresh with train.resume=never")
+
+    evaluated = run_cli("eval", "run", "--contexts", "32")
+    assert evaluated.returncode == 2, evaluated.stderr[-2000:]
+    (line,) = [l for l in evaluated.stderr.splitlines() if l.startswith("qkvlab: error")]
+    assert "the corpus changed since this run trained" in line and line.endswith("restore the corpus, or train the run again")
+    assert (tmp_path / "run" / "eval.json").read_text() == report, "eval.json was overwritten"
+
+
+@pytest.mark.slow
+def test_a_cached_corpus_evaluates_without_its_source_file(run_cli, tmp_path, corpus_file):
+    assert run_cli("train", "data=text", f"data.path={corpus_file}", *TINY, "hydra.run.dir=run").returncode == 0
+    corpus_file.unlink()
+    out = run_cli("eval", "run", "--contexts", "32")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"qkvlab: data.path={corpus_file} does not exist; using its token cache" in out.stderr

@@ -52,7 +52,12 @@ def test_shards_read_as_one_stream_and_max_tokens_is_exact(tmp_path):
     assert stats["n_tokens"] == 500 and len(stats["shards"]) == 8
     from qkvlab.data.cache import write_meta
 
-    write_meta(tmp_path, {**stats, "dtype": "uint16", "vocab_size": 257, "eot": 256})
+    from qkvlab.data.integrity import shard_sums
+
+    crcs, stream, top = shard_sums(tmp_path, stats["shards"], np.dtype(np.uint16))
+    shards = [{**s, "crc32": c} for s, c in zip(stats["shards"], crcs)]
+    write_meta(tmp_path, {**stats, "shards": shards, "dtype": "uint16", "vocab_size": 257, "eot": 256,
+                          "checksum": f"{stream:08x}", "max_id": top})
     cache = TokenCache(tmp_path)
     expected = np.concatenate([np.append(np.frombuffer(d.encode(), np.uint8), 256) for d in docs])[:500]
     assert np.array_equal(cache.read(0, 500), expected)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from qkvlab.config import n_kv_heads
-from qkvlab.model import build_model, count_params
+from qkvlab.model import build_model, count_params, model_vocab
 
 from tests.helpers import make_config
 from tests.model.test_attention import SHARINGS, expected_params
@@ -15,7 +15,7 @@ def test_paper_presets_build_on_meta_with_closed_form_counts(preset, total_mha, 
         pytest.skip("refused by design")
     cfg = make_config(f"model={preset}", f"variant={variant}", "data=mqar", "data.seq_len=2048")
     with torch.device("meta"):
-        net = build_model(cfg, vocab_size=cfg.model.vocab_size)
+        net = build_model(cfg, vocab_size=model_vocab(cfg.model, 50257))
     assert next(net.parameters()).is_meta
     total, attn = expected_params(cfg.model, cfg.variant.sharing, n_kv_heads(cfg), 50304)
     assert count_params(net) == {"params/total": total, "params/attention": attn}
@@ -26,7 +26,7 @@ def test_paper_presets_build_on_meta_with_closed_form_counts(preset, total_mha, 
 def test_paper_300m_matches_the_study_shape():
     cfg = make_config("model=paper_300m", "data=mqar")
     m = cfg.model
-    assert (m.n_layers, m.d_model, m.n_heads, m.d_ff, m.context, m.vocab_size) == (20, 1024, 16, 4096, 2048, 50304)
+    assert (m.n_layers, m.d_model, m.n_heads, m.d_ff, m.context, model_vocab(m, 50257)) == (20, 1024, 16, 4096, 2048, 50304)
     assert (m.positions, m.norm, m.norm_eps, m.mlp, m.bias, m.tie_embeddings, m.dropout) == (
         "learned", "layernorm", 1e-5, "gelu", True, True, 0.1)
     with torch.device("meta"):
