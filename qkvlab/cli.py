@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from qkvlab.config import CONF_DIR, describe_error
-from qkvlab.errors import fail, full_errors
+from omegaconf import DictConfig, open_dict
+
+from qkvlab.config import CONF_DIR, describe_error, is_bad_input
+from qkvlab.errors import EXIT_BAD_INPUT, EXIT_FAILED, fail, full_errors
 
 MAX_PRECHECK_JOBS = 512
 
@@ -71,12 +73,15 @@ def _is_sweep_value(override: str) -> bool:
     return OverridesParser.create().parse_override(override).is_sweep_override()
 
 
-def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_dir: str | None) -> None:
-    """Compose and validate each job as Hydra will; exit with one line on the first bad one."""
+def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_dir: str | None, writes: bool = True) -> None:
+    """Compose and validate each job as Hydra will; exit with one line on the first bad one.
+
+    `writes`: the command will create run directories (not --cfg or --info), so their names are checked too."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from qkvlab.checks import checked
+    from qkvlab.runname import shorten
 
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     GlobalHydra.instance().clear()
@@ -91,14 +96,35 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
                 fail(_with_plugin_hint(describe_error(exc)))
             jobs = expand_sweep(overrides, params)
         for i, job in enumerate(jobs[:MAX_PRECHECK_JOBS]):
-            where = f" (sweep job {i}: {' '.join(job)})" if multirun and len(jobs) > 1 else ""
+            where = f" (sweep job {i}: {' '.join(map(shorten, job))})" if multirun and len(jobs) > 1 else ""
             try:
-                checked(compose(config_name, overrides=[*job, *extra]))
+                root = compose(config_name, overrides=[*job, *extra], return_hydra_config=writes)
+                if writes:
+                    check_run_dir_names(root, job, multirun)
+                    with open_dict(root):
+                        del root["hydra"]
+                typed = checked(root)
+                if typed.train.device in ("cuda", "mps"):  # torch is imported only for these
+                    from qkvlab.train.device import check_device
+
+                    check_device(typed.train.device)
             except Exception as exc:  # every kind of bad input gets the same one-line treatment
                 if full_errors():
                     raise
                 fail(_with_plugin_hint(describe_error(exc)) + where)
     GlobalHydra.instance().clear()
+
+
+def check_run_dir_names(root: DictConfig, job: Sequence[str], multirun: bool) -> None:
+    """The run directory and log file names Hydra will create, resolved as it will resolve them."""
+    from qkvlab.runname import check_name_lengths
+
+    h = root.hydra
+    dirs = [h.sweep.dir, h.sweep.subdir] if multirun else [h.run.dir]
+    names = [part for d in dirs for part in Path(str(d)).parts]
+    check_name_lengths(names, job, "run directory", "give a shorter value, or name the directory with "
+                       + ("hydra.sweep.subdir=NAME" if multirun else "hydra.run.dir=PATH"))
+    check_name_lengths([f"{h.job.name}.log"], job, "log file", "give hydra.job.name a shorter value")
 
 
 def _with_plugin_hint(message: str) -> str:
@@ -117,10 +143,10 @@ def train_command(args: list[str]) -> None:
 
     register_configs()
     parsed, _ = get_args_parser().parse_known_args(args)
-    informational = parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion
-    if not informational:
+    if not (parsed.help or parsed.hydra_help or parsed.shell_completion):
         try:
-            precheck(parsed.overrides, parsed.multirun, parsed.config_name or "config", parsed.config_dir)
+            writes = not (parsed.cfg or parsed.info)
+            precheck(parsed.overrides, parsed.multirun, parsed.config_name or "config", parsed.config_dir, writes)
         except SystemExit:
             raise
         except Exception as exc:  # a malformed override string
@@ -134,7 +160,8 @@ def train_command(args: list[str]) -> None:
 
 
 def guarded(main: Callable[[list[str]], None], args: list[str]) -> None:
-    """Run a non-Hydra command; any error becomes one line (HYDRA_FULL_ERROR=1 keeps the traceback)."""
+    """Run a non-Hydra command; any error becomes one line (HYDRA_FULL_ERROR=1 keeps the traceback),
+    with exit code 2 for bad input and 1 for anything else."""
     try:
         main(args)
     except SystemExit:
@@ -144,7 +171,7 @@ def guarded(main: Callable[[list[str]], None], args: list[str]) -> None:
     except Exception as exc:
         if full_errors():
             raise
-        fail(describe_error(exc), code=1)
+        fail(describe_error(exc), code=EXIT_BAD_INPUT if is_bad_input(exc) else EXIT_FAILED)
 
 
 def lazy_command(module: str, name: str) -> Callable[[list[str]], None]:

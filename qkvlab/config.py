@@ -367,7 +367,9 @@ def describe_error(exc: BaseException) -> str:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)
     for err in chain:
         if isinstance(err, OverrideParseException):
-            return f"cannot parse an override ({str(err).splitlines()[0]}); write overrides as key=value or group=option"
+            return _unquoted_non_ascii(err.override) or (
+                f"cannot parse an override ({str(err).splitlines()[0]}); write overrides as key=value or group=option"
+            )
         if isinstance(err, ConfigError):
             return str(err)
         if isinstance(err, MissingConfigException):
@@ -385,6 +387,35 @@ def describe_error(exc: BaseException) -> str:
             return f"{err.full_key}: {str(err.msg).splitlines()[0]}"
     first = str(exc).strip().splitlines()
     return first[0] if first else type(exc).__name__
+
+
+def is_bad_input(exc: BaseException) -> bool:
+    """A ConfigError, or a Hydra/OmegaConf error about an override or key (exit 2, not 1)."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (ConfigError, OverrideParseException, MissingConfigException, OmegaConfBaseException)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _unquoted_non_ascii(override: str) -> str | None:
+    """Hydra's grammar takes unquoted values in ASCII only; say how to quote the value."""
+    odd = next((ch for ch in override if not ch.isascii()), None)
+    key, eq, value = override.partition("=")
+    if odd is None or not eq:
+        return None
+    if value.startswith("[") and value.endswith("]"):
+        quoted = "[" + ",".join(f"'{x.strip()}'" for x in value[1:-1].split(",")) + "]"
+    else:
+        quoted = f"'{value}'"
+    return (
+        f"{override}: the unquoted value holds the non-ASCII character {odd!r}; quote it: {key}={quoted} "
+        f"(in a shell: \"{key}={quoted}\")"
+    )
 
 
 def _known_keys(parent: str) -> list[str]:

@@ -24,6 +24,7 @@ import numpy as np
 from qkvlab.analysis.powerlaw import MIN_POINTS, FitError, PowerLaw, Rung, bootstrap, fit_rungs, interval, multiplier
 from qkvlab.analysis.report import markdown_table
 from qkvlab.analysis.scaling_data import Point, Slice, to_point, widest_slice
+from qkvlab.args import ArgumentParser
 from qkvlab.rundir import find_runs
 
 EXTRAPOLATE = (10, 100)
@@ -205,7 +206,7 @@ def ladder_json(rep: LadderReport) -> dict[str, Any]:
 
 
 def parse_args(args: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="qkvlab scaling",
         description="Fit loss against compute per variant, price each variant in compute against a baseline, "
         "and plot the gap against compute, tokens per parameter and context.",
