@@ -76,3 +76,13 @@ def test_mps_without_mps_fails_at_start_up(capsys):
 ])
 def test_commands_refuse_bad_input_in_one_line_with_exit_2(args, message, capsys):
     assert error_of(capsys, *args).startswith(message)
+
+
+@pytest.mark.parametrize("command", [["eval"], ["generate", "--prompt", "1"]])
+def test_a_run_with_an_unreadable_summary_is_one_line_naming_it(command, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (run / "summary.json").write_text("")
+    err = error_of(capsys, command[0], str(run), *command[1:])
+    assert err.startswith(f"{run / 'summary.json'} is unreadable (empty)")

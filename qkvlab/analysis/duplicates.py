@@ -24,7 +24,7 @@ class Duplicate:
 
 
 def distinct(runs: Sequence[Run]) -> tuple[list[Run], list[Duplicate]]:
-    """The runs with each duplicate left out, and the duplicates. A finished run is kept over
+    """The runs with each duplicate left out, and the duplicates (unreadable runs are kept, to be reported). A finished run is kept over
     an unfinished copy of it, then the shallowest (a backup folder usually sits inside or
     beside the sweep), then the first by path."""
     kept: list[Run] = []
@@ -32,6 +32,9 @@ def distinct(runs: Sequence[Run]) -> tuple[list[Run], list[Duplicate]]:
     by_id: dict[str, Run] = {}
     by_config: dict[str, Run] = {}
     for run in sorted(runs, key=lambda r: (not r.finished, len(r.path.parts), str(r.path))):
+        if run.unreadable:  # not a sample either way; kept so that it is reported with its line
+            kept.append(run)
+            continue
         config = config_hash(run.config) if run.config else None
         if run.run_id and run.run_id in by_id:
             dups.append(Duplicate(run, by_id[run.run_id], f"a copy: the same run id {run.run_id}"))

@@ -10,6 +10,15 @@ from qkvlab.args import ArgumentParser, context_list
 from qkvlab.errors import ConfigError
 
 
+def readable_run(run_dir: str) -> None:
+    """A run whose summary.json is torn is refused in one line naming the file, before any work."""
+    from qkvlab.rundir import load_run
+
+    run = load_run(run_dir)
+    if run.unreadable:
+        raise ConfigError(run.unreadable)
+
+
 def eval_main(args: list[str]) -> None:
     from qkvlab.infer.evaluate_run import evaluate_run, format_report
 
@@ -24,6 +33,7 @@ def eval_main(args: list[str]) -> None:
                         "512,1024,2048 that fit model.context; synthetic tasks: their seq_len)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
     ns = parser.parse_intermixed_args(args)
+    readable_run(ns.run_dir)
     print(format_report(evaluate_run(ns.run_dir, ns.overrides, ns.contexts)), flush=True)
 
 
@@ -72,6 +82,7 @@ def generate_main(args: list[str]) -> None:
     check_sampling(s)
     if ns.num_samples < 1:
         raise ConfigError(f"--num-samples={ns.num_samples} must be at least 1")
+    readable_run(ns.run_dir)
     trained = load_trained(ns.run_dir, ns.overrides)
     if not trained.cfg.data.causal:
         raise ConfigError(f"data.task={trained.cfg.data.task} is bidirectional: it has no decoding; generate needs a causal run")
