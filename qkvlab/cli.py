@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from qkvlab.config import CONF_DIR, describe_error
-from qkvlab.errors import EXIT_BAD_INPUT, EXIT_FAILED, ConfigError, fail, full_errors
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from qkvlab.config import CONF_DIR, describe_error, is_bad_input
+from qkvlab.errors import EXIT_BAD_INPUT, EXIT_FAILED, fail, full_errors
 
 MAX_PRECHECK_JOBS = 512
 
@@ -71,12 +73,15 @@ def _is_sweep_value(override: str) -> bool:
     return OverridesParser.create().parse_override(override).is_sweep_override()
 
 
-def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_dir: str | None) -> None:
-    """Compose and validate each job as Hydra will; exit with one line on the first bad one."""
+def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_dir: str | None, writes: bool = True) -> None:
+    """Compose and validate each job as Hydra will; exit with one line on the first bad one.
+
+    `writes`: the command will create run directories (not --cfg or --info), so their names are checked too."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from qkvlab.checks import checked
+    from qkvlab.runname import shorten
 
     extra = [f"hydra.searchpath=[file://{Path(config_dir).resolve()}]"] if config_dir else []
     GlobalHydra.instance().clear()
@@ -90,43 +95,66 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
                     raise
                 fail(_with_plugin_hint(describe_error(exc)))
             jobs = expand_sweep(overrides, params)
+        targets: list[tuple[str, Path, bool]] = []
         for i, job in enumerate(jobs[:MAX_PRECHECK_JOBS]):
-            where = f" (sweep job {i}: {' '.join(job)})" if multirun and len(jobs) > 1 else ""
+            where = f" (sweep job {i}: {' '.join(map(shorten, job))})" if multirun and len(jobs) > 1 else ""
             try:
-                checked(compose(config_name, overrides=[*job, *extra]))
+                root = compose(config_name, overrides=[*job, *extra], return_hydra_config=writes)
+                if writes:
+                    check_run_dir_names(root, job, multirun)
+                    targets += output_dirs(root, multirun)
+                    with open_dict(root):
+                        del root["hydra"]
+                typed = checked(root)
+                if typed.train.device in ("cuda", "mps"):  # torch is imported only for these
+                    from qkvlab.train.device import check_device
+
+                    check_device(typed.train.device)
             except Exception as exc:  # every kind of bad input gets the same one-line treatment
                 if full_errors():
                     raise
                 fail(_with_plugin_hint(describe_error(exc)) + where)
-        check_output_dirs(jobs[:MAX_PRECHECK_JOBS], multirun, config_name, extra)
+        check_output_dirs(targets)
     GlobalHydra.instance().clear()
 
 
-def check_output_dirs(jobs: list[list[str]], multirun: bool, config_name: str, extra: list[str]) -> None:
+def output_dirs(root: DictConfig, multirun: bool) -> list[tuple[str, Path, bool]]:
+    """(key, directory, may create) that Hydra will make for this job: the run directory, or the sweep
+    directory and the job's subdirectory in it."""
+    importlib.import_module("qkvlab.runname")  # registers ${qkvlab_run_id:}, which names the run directory
+    if not multirun:
+        return [("hydra.run.dir", Path(str(root.hydra.run.dir)), True)]
+    top = Path(str(root.hydra.sweep.dir))
+    try:
+        sub = top / str(OmegaConf.select(root, "hydra.sweep.subdir"))
+    except Exception:  # an interpolation only Hydra's launcher can resolve (hydra.job.num)
+        return [("hydra.sweep.dir", top, True)]
+    return [("hydra.sweep.dir", top, True), ("hydra.sweep.dir", sub, False)]
+
+
+def check_output_dirs(targets: list[tuple[str, Path, bool]]) -> None:
     """A run (or sweep) directory that cannot be made is one line before any job starts, not Hydra's traceback.
 
     A sweep is refused as a whole: its jobs share hydra.sweep.dir, and Hydra
     makes a job's directory outside the job, where one failure ends the sweep."""
-    from hydra import compose
-    from omegaconf import OmegaConf
-
     from qkvlab.files import unwritable_dir
 
-    importlib.import_module("qkvlab.runname")  # registers ${qkvlab_run_id:}, which names the run directory
-
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    for job in jobs:
-        hydra_cfg = compose(config_name, overrides=[*job, *extra], return_hydra_config=True)
-        top = Path(str(OmegaConf.select(hydra_cfg, key)))
-        problem = unwritable_dir(top)
-        if problem is None and multirun:
-            try:
-                top = top / str(OmegaConf.select(hydra_cfg, "hydra.sweep.subdir"))
-            except Exception:  # an interpolation only Hydra's launcher can resolve (hydra.job.num)
-                continue
-            problem = unwritable_dir(top, create=False)
+    for key, path, create in dict.fromkeys(targets):
+        problem = unwritable_dir(path, create=create)
         if problem:
-            fail(f"cannot create the run directory {top}: {problem}; choose another {key} or fix the path")
+            fail(f"cannot create the run directory {path}: {problem}; choose another {key} or fix the path")
+
+
+def check_run_dir_names(root: DictConfig, job: Sequence[str], multirun: bool) -> None:
+    """The run directory and log file names Hydra will create, resolved as it will resolve them."""
+    from qkvlab.runname import check_name_lengths
+
+    h = root.hydra
+    dirs = [h.sweep.dir, h.sweep.subdir] if multirun else [h.run.dir]
+    names = [part for d in dirs for part in Path(str(d)).parts]
+    check_name_lengths(names, job, "run directory", "give a shorter value, or name the directory with "
+                       + ("hydra.sweep.subdir=NAME" if multirun else "hydra.run.dir=PATH"))
+    check_name_lengths([f"{h.job.name}.log"], job, "log file", "give hydra.job.name a shorter value")
 
 
 def _with_plugin_hint(message: str) -> str:
@@ -145,10 +173,10 @@ def train_command(args: list[str]) -> None:
 
     register_configs()
     parsed, _ = get_args_parser().parse_known_args(args)
-    informational = parsed.help or parsed.hydra_help or parsed.cfg or parsed.info or parsed.shell_completion
-    if not informational:
+    if not (parsed.help or parsed.hydra_help or parsed.shell_completion):
         try:
-            precheck(parsed.overrides, parsed.multirun, parsed.config_name or "config", parsed.config_dir)
+            writes = not (parsed.cfg or parsed.info)
+            precheck(parsed.overrides, parsed.multirun, parsed.config_name or "config", parsed.config_dir, writes)
         except SystemExit:
             raise
         except Exception as exc:  # a malformed override string
@@ -162,7 +190,8 @@ def train_command(args: list[str]) -> None:
 
 
 def guarded(main: Callable[[list[str]], None], args: list[str]) -> None:
-    """Run a non-Hydra command; any error becomes one line (HYDRA_FULL_ERROR=1 keeps the traceback)."""
+    """Run a non-Hydra command; any error becomes one line (HYDRA_FULL_ERROR=1 keeps the traceback),
+    with exit code 2 for bad input and 1 for anything else."""
     try:
         main(args)
     except SystemExit:
@@ -172,7 +201,7 @@ def guarded(main: Callable[[list[str]], None], args: list[str]) -> None:
     except Exception as exc:
         if full_errors():
             raise
-        fail(describe_error(exc), code=EXIT_BAD_INPUT if isinstance(exc, ConfigError) else EXIT_FAILED)
+        fail(describe_error(exc), code=EXIT_BAD_INPUT if is_bad_input(exc) else EXIT_FAILED)
 
 
 def lazy_command(module: str, name: str) -> Callable[[list[str]], None]:

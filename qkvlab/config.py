@@ -8,7 +8,10 @@ values that a schema cannot (ranges, choices, cross-field rules) and raises a
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,7 +225,83 @@ def check_resume(resume: str) -> None:
         raise ConfigError(f"train.resume={resume!r} is not readable; fix its permissions or pick another checkpoint")
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a float key accepts: low < x (or <=), x < high (or <=)."""
+
+    low: float = 0.0
+    low_closed: bool = False
+    high: float = math.inf
+    high_closed: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        above = x >= self.low if self.low_closed else x > self.low
+        below = x <= self.high if self.high_closed else x < self.high
+        return above and below
+
+    @property
+    def text(self) -> str:
+        if math.isinf(self.high):
+            return f"{'>=' if self.low_closed else '>'} {self.low:g}"
+        return f"in {'[' if self.low_closed else '('}{self.low:g}, {self.high:g}{']' if self.high_closed else ')'}"
+
+
+POSITIVE, NON_NEGATIVE = Range(), Range(low_closed=True)
+UNIT = Range(low_closed=True, high=1.0)
+# Every float key of the schema; tests/test_config.py fails when a new float key is missing here.
+FLOAT_RANGES: dict[str, Range] = {
+    "model.rope_theta": POSITIVE,
+    "model.norm_eps": POSITIVE,
+    "model.dropout": UNIT,
+    "model.init_std": POSITIVE,
+    "optim.lr": POSITIVE,
+    "optim.min_lr_ratio": Range(low_closed=True, high=1.0, high_closed=True),
+    "optim.beta1": UNIT,
+    "optim.beta2": UNIT,
+    "optim.eps": POSITIVE,
+    "optim.weight_decay": NON_NEGATIVE,
+    # 0 turns clipping off.
+    "optim.grad_clip": NON_NEGATIVE,
+    "train.tokens_per_param": POSITIVE,
+}
+
+
+def float_keys(schema: type = Config, prefix: str = "") -> list[str]:
+    """Dotted names of every float (or optional float) field of the schema, found by walking it."""
+    hints = typing.get_type_hints(schema)
+    keys = []
+    for f in dataclasses.fields(schema):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            keys += float_keys(kind, f"{prefix}{f.name}.")
+        elif kind in (float, Optional[float]):
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _get(cfg: Config, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def check_floats(cfg: Config) -> None:
+    """NaN, inf and out-of-range values pass a float schema; refuse them with the key's name."""
+    for key in float_keys():
+        value = _get(cfg, key)
+        if value is None:
+            continue
+        allowed = FLOAT_RANGES.get(key)
+        give = f"; give a value {allowed.text}" if allowed else "; give a finite number"
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={value} is not a finite number{give}")
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"{key}={value} is out of range{give}")
+
+
 def validate(cfg: Config) -> None:
+    check_floats(cfg)
     m, v, d, o, t, lg = cfg.model, cfg.variant, cfg.data, cfg.optim, cfg.train, cfg.logger
     _choice(v.sharing, SHARINGS, "variant.sharing")
     _choice(m.positions, POSITIONS, "model.positions")
@@ -242,8 +321,6 @@ def validate(cfg: Config) -> None:
         )
     if m.positions == "rope" and (m.d_model // m.n_heads) % 2:
         raise ConfigError(f"model.positions=rope needs an even head size, got d_model/n_heads={m.d_model // m.n_heads}")
-    if not 0 <= m.dropout < 1:
-        raise ConfigError(f"model.dropout={m.dropout} is out of range; it must be in [0, 1)")
     kv = n_kv_heads(cfg)
     if kv < 1 or m.n_heads % kv:
         raise ConfigError(
@@ -261,19 +338,9 @@ def validate(cfg: Config) -> None:
         )
     for key in ("seq_len", "batch_size", "val_size"):
         _positive(getattr(d, key), f"data.{key}")
-    _positive(o.lr, "optim.lr")
-    _positive(o.weight_decay, "optim.weight_decay", allow_zero=True)
-    _positive(o.grad_clip, "optim.grad_clip", allow_zero=True)
     _positive(o.warmup_steps, "optim.warmup_steps", allow_zero=True)
-    if not 0 <= o.min_lr_ratio <= 1:
-        raise ConfigError(f"optim.min_lr_ratio={o.min_lr_ratio} is out of range; it must be in [0, 1]")
-    for key in ("beta1", "beta2"):
-        if not 0 <= getattr(o, key) < 1:
-            raise ConfigError(f"optim.{key}={getattr(o, key)} is out of range; it must be in [0, 1)")
     for key in ("steps", "grad_accum", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
         _positive(getattr(t, key), f"train.{key}")
-    if t.tokens_per_param is not None:
-        _positive(t.tokens_per_param, "train.tokens_per_param")
     _choice(t.on_nonfinite, NONFINITE_POLICIES, "train.on_nonfinite")
     check_resume(t.resume)
 
@@ -305,7 +372,9 @@ def describe_error(exc: BaseException) -> str:
         chain.append(chain[-1].__cause__ or chain[-1].__context__)
     for err in chain:
         if isinstance(err, OverrideParseException):
-            return f"cannot parse an override ({str(err).splitlines()[0]}); write overrides as key=value or group=option"
+            return _unquoted_non_ascii(err.override) or (
+                f"cannot parse an override ({str(err).splitlines()[0]}); write overrides as key=value or group=option"
+            )
         if isinstance(err, ConfigError):
             return str(err)
         if isinstance(err, MissingConfigException):
@@ -323,6 +392,35 @@ def describe_error(exc: BaseException) -> str:
             return f"{err.full_key}: {str(err.msg).splitlines()[0]}"
     first = str(exc).strip().splitlines()
     return first[0] if first else type(exc).__name__
+
+
+def is_bad_input(exc: BaseException) -> bool:
+    """A ConfigError, or a Hydra/OmegaConf error about an override or key (exit 2, not 1)."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (ConfigError, OverrideParseException, MissingConfigException, OmegaConfBaseException)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _unquoted_non_ascii(override: str) -> str | None:
+    """Hydra's grammar takes unquoted values in ASCII only; say how to quote the value."""
+    odd = next((ch for ch in override if not ch.isascii()), None)
+    key, eq, value = override.partition("=")
+    if odd is None or not eq:
+        return None
+    if value.startswith("[") and value.endswith("]"):
+        quoted = "[" + ",".join(f"'{x.strip()}'" for x in value[1:-1].split(",")) + "]"
+    else:
+        quoted = f"'{value}'"
+    return (
+        f"{override}: the unquoted value holds the non-ASCII character {odd!r}; quote it: {key}={quoted} "
+        f"(in a shell: \"{key}={quoted}\")"
+    )
 
 
 def _known_keys(parent: str) -> list[str]:

@@ -36,6 +36,16 @@ class Run:
         path = self.path / ".hydra" / "config.yaml"
         return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else {}
 
+    @cached_property
+    def run_id(self) -> str | None:
+        """The id chosen once per run directory (run.json's `wandb_id`); `cp -r` copies it, a re-run does not."""
+        try:
+            meta = json.loads((self.path / "run.json").read_text())
+        except (OSError, ValueError):
+            return None
+        value = meta.get("wandb_id") if isinstance(meta, dict) else None
+        return str(value) if value else None
+
     @property
     def error(self) -> str:
         return self.unreadable or str(self.summary.get("error", ""))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,6 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 # is watched, checkpointed or restarted, never what it computes.
 NOT_HASHED = ("hydra", "logger", "train.progress", "train.resume", "train.checkpoint_every", "train.keep_checkpoints")
 HASH_LEN = 8
+# The longest file or directory name most file systems allow, in bytes.
+NAME_MAX = 255
 
 
 def under(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -85,6 +87,28 @@ def job_config(root: DictConfig) -> dict[str, Any]:
         for key in root
         if key != "hydra"
     }
+
+
+def check_name_lengths(names: Iterable[str], overrides: Sequence[str], what: str, fix: str) -> None:
+    """Refuse, before anything is written, a file or directory name no file system allows.
+
+    Hydra would otherwise fail on mkdir with a 5,000-character "File name too long" line."""
+    from qkvlab.errors import ConfigError
+
+    for name in names:
+        size = len(name.encode())
+        if size <= NAME_MAX:
+            continue
+        values = [(o, o.partition("=")[2]) for o in overrides if o.partition("=")[2]]
+        culprits = [o for o, value in values if value in name or name in value]
+        cause = f"{shorten(culprits[0])} makes" if culprits else "the config makes"
+        raise ConfigError(f"{cause} the {what} name {size:,} bytes long, over the {NAME_MAX} a file system allows; {fix}")
+
+
+def shorten(override: str, keep: int = 40) -> str:
+    """An override as a message can quote it: a long value cut to its start and its length."""
+    key, _, value = override.partition("=")
+    return f"{key}={value[:keep]}... ({len(value):,} characters)" if len(value) > keep else override
 
 
 def _resolve_run_id(*, _root_: DictConfig) -> str:

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from qkvlab.cli import CONF_DIR, main
+from qkvlab.config import FLOAT_RANGES, float_keys
 
 from tests.conftest import qkvlab_env
 from tests.helpers import make_config
@@ -73,3 +74,41 @@ def test_unknown_command(capsys):
     with pytest.raises(SystemExit):
         main(["frobnicate"])
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_the_schema_walk_finds_every_float_key_and_each_has_a_range():
+    keys = float_keys()
+    assert {"model.rope_theta", "optim.lr", "optim.grad_clip", "train.tokens_per_param"} <= set(keys)
+    assert set(keys) == set(FLOAT_RANGES), "give every float key of the schema a range in config.FLOAT_RANGES"
+
+
+def one_error_line(args: list[str], capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", *args])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("qkvlab: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize("key", float_keys())
+def test_every_float_key_refuses_a_non_finite_value(key, value, capsys):
+    err = one_error_line([f"{key}={value}"], capsys)
+    assert f"{key}={value}" in err and "is not a finite number; give a value" in err
+
+
+OUT_OF_RANGE = [
+    ("model.rope_theta=0", "model.rope_theta=0.0 is out of range; give a value > 0"),
+    ("model.norm_eps=0", "model.norm_eps=0.0 is out of range; give a value > 0"),
+    ("model.dropout=1", "model.dropout=1.0 is out of range; give a value in [0, 1)"),
+    ("optim.eps=-1e-8", "optim.eps=-1e-08 is out of range; give a value > 0"),
+    ("optim.grad_clip=-1", "optim.grad_clip=-1.0 is out of range; give a value >= 0"),
+    ("optim.beta2=1", "optim.beta2=1.0 is out of range; give a value in [0, 1)"),
+    ("train.tokens_per_param=0", "train.tokens_per_param=0.0 is out of range; give a value > 0"),
+]
+
+
+@pytest.mark.parametrize("override,message", OUT_OF_RANGE, ids=[o for o, _ in OUT_OF_RANGE])
+def test_out_of_range_float_is_one_line_with_the_range(override, message, capsys):
+    assert one_error_line([override], capsys) == f"qkvlab: error: {message}"

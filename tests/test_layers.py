@@ -14,6 +14,7 @@ RANKS = {
     "qkvlab": 0,
     "qkvlab.errors": 0,
     "qkvlab.files": 0,
+    "qkvlab.args": 0,
     "qkvlab.config": 1,
     "qkvlab.runname": 2,
     "qkvlab.data": 3,

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Sequence
 
 from qkvlab.analysis.compare import Comparison, compare
+from qkvlab.args import ArgumentParser
 from qkvlab.errors import error_line, fail
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="qkvlab compare",
         description="Compare runs: group by variant and any other differing config key, aggregate seeds, "
         "test each variant against the baseline, write a table (terminal, Markdown, CSV) and plots (PNG).",

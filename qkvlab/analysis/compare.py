@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from qkvlab.analysis.duplicates import Duplicate, distinct
 from qkvlab.analysis.stats import Agg, delta_pct, welch_p
 from qkvlab.rundir import Run
 from qkvlab.runname import under
@@ -77,6 +78,7 @@ class Comparison:
     varying: list[str]
     best_of: list[str]
     notes: list[str] = field(default_factory=list)
+    duplicates: list[Duplicate] = field(default_factory=list)
 
     def significant(self, g: Group) -> bool:
         return math.isfinite(g.p_value) and g.p_value < self.alpha
@@ -154,6 +156,7 @@ def attach_baselines(groups: list[Group], baseline: str, best_of: Sequence[str])
 
 
 def compare(runs: Sequence[Run], baseline: str = "mha", alpha: float = 0.05, best_of: Sequence[str] = ()) -> Comparison:
+    runs, duplicates = distinct(runs)
     finished = [r for r in runs if r.finished]
     excluded = sorted((r for r in runs if not r.finished), key=lambda r: str(r.path))
     keys = varying_keys(finished)
@@ -172,4 +175,4 @@ def compare(runs: Sequence[Run], baseline: str = "mha", alpha: float = 0.05, bes
         g.variant,
         tuple(_sortable(v) for _, v in g.setting),
     ))
-    return Comparison(groups, excluded, baseline, alpha, keys, list(best_of), notes)
+    return Comparison(groups, excluded, baseline, alpha, keys, list(best_of), notes, duplicates)

@@ -91,6 +91,10 @@ def excluded_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
     return ["run directory", "status", "error"], [[str(r.path), r.status, r.error or "—"] for r in c.excluded]
 
 
+def duplicate_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
+    return ["run directory", "duplicate of", "why"], [[str(d.run.path), str(d.of.path), d.why] for d in c.duplicates]
+
+
 def text_table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
@@ -122,7 +126,10 @@ def render(c: Comparison, fmt: str) -> str:
     if acc:
         parts += [title("Validation accuracy % per task"), table(*acc)]
     if c.excluded:
-        parts += [title(f"Not included: {len(c.excluded)} failed or unfinished run(s)"), table(*excluded_rows(c))]
+        parts += [title(f"Not included: {len(c.excluded)} failed, unfinished or unreadable run(s)"), table(*excluded_rows(c))]
+    if c.duplicates:
+        parts += [title(f"Counted once: {len(c.duplicates)} duplicate run director{'y' if len(c.duplicates) == 1 else 'ies'}"),
+                  table(*duplicate_rows(c))]
     parts += [f"note: {n}" for n in c.notes]
     return "\n\n".join(parts) + "\n"
 
@@ -151,10 +158,11 @@ def write_csv(c: Comparison, path: Path) -> None:
 
 def write_runs_csv(c: Comparison, path: Path) -> None:
     """Every run, included or not, with its status: the raw numbers behind the table."""
-    runs = [(g.label, r) for g in c.groups for r in g.runs] + [("(excluded)", r) for r in c.excluded]
+    runs = [(g.label, r, "") for g in c.groups for r in g.runs] + [("(excluded)", r, "") for r in c.excluded]
+    runs += [("(duplicate)", d.run, f"{d.of.path} ({d.why})") for d in c.duplicates]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["group", "run_dir", "status", "seed", *METRICS, "error"])
-        for label, r in runs:
+        w.writerow(["group", "run_dir", "status", "seed", *METRICS, "error", "duplicate_of"])
+        for label, r, of in runs:
             w.writerow([label, str(r.path), r.status, r.flat_config.get("seed", r.summary.get("seed", "")),
-                        *(_csv_value(r.summary.get(m, "")) for m in METRICS), r.error])
+                        *(_csv_value(r.summary.get(m, "")) for m in METRICS), r.error, of])

@@ -21,9 +21,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from qkvlab.analysis.duplicates import distinct
 from qkvlab.analysis.powerlaw import MIN_POINTS, FitError, PowerLaw, Rung, bootstrap, fit_rungs, interval, multiplier
 from qkvlab.analysis.report import markdown_table
 from qkvlab.analysis.scaling_data import Point, Slice, to_point, widest_slice
+from qkvlab.args import ArgumentParser
 from qkvlab.rundir import find_runs
 
 EXTRAPOLATE = (10, 100)
@@ -205,7 +207,7 @@ def ladder_json(rep: LadderReport) -> dict[str, Any]:
 
 
 def parse_args(args: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="qkvlab scaling",
         description="Fit loss against compute per variant, price each variant in compute against a baseline, "
         "and plot the gap against compute, tokens per parameter and context.",
@@ -225,16 +227,21 @@ def run_scaling(ns: argparse.Namespace) -> str:
     runs = find_runs(ns.paths)
     if not runs:
         raise ScalingError(f"no run directories under {' '.join(map(str, ns.paths))}")
+    runs, duplicates = distinct(runs)
     points = [to_point(r, ns.metric) for r in runs]
     if not any(p.finished for p in points):
         raise ScalingError(f"no finished run with '{ns.metric}' and compute/flops in its summary.json under {' '.join(map(str, ns.paths))}")
     out = ns.out or (Path(ns.paths[0]) / "scaling" if Path(ns.paths[0]).is_dir() else Path("scaling"))
     out.mkdir(parents=True, exist_ok=True)
     ladder = widest_slice(points, "model")
-    tpp = widest_slice([p for p in points if p.finished], "tokens_per_param")
-    ctx = widest_slice([p for p in points if p.finished], "seq_len")
+    tpp = widest_slice([p for p in points if p.finished], "tokens_per_param", paired=True)
+    ctx = widest_slice([p for p in points if p.finished], "seq_len", paired=True)
     if ladder is None and tpp is None and ctx is None:
-        raise ScalingError("nothing to scale: the runs differ in neither model size, tokens per parameter nor context")
+        raise ScalingError(
+            "nothing to scale: scaling needs runs at several model sizes per variant (e.g. qkvlab train -m "
+            "experiment=scaling_ladder), or variants run at the same several tokens per parameter "
+            "(experiment=overtraining) or contexts (experiment=context_sweep); for seeds of one size use qkvlab compare"
+        )
     text, record, written = [], {"metric": ns.metric}, []
     if ladder is not None:
         rep = analyse_ladder(ladder, ns.baseline, ns.bootstrap, ns.seed)
@@ -250,10 +257,26 @@ def run_scaling(ns: argparse.Namespace) -> str:
         text.append(plots.slice_text(sl, gaps, ns.baseline))
         record[sl.axis] = {"fixed": sl.fixed, "delta_pct_loss": {v: {str(k): g for k, g in d.items()} for v, d in gaps.items()}}
         written.append(plots.gap_along(sl, gaps, ns.baseline, ns.metric, out / f"{name}.png"))
+    left_out = [p for p in points if not p.finished]
+    if left_out:
+        text.append(f"Not included: {len(left_out)} failed, unfinished or unreadable run(s):\n"
+                    + "\n".join(f"  {_left_out_line(p)}" for p in left_out))
+        record["not_included"] = [_left_out_line(p) for p in left_out]
+    if duplicates:
+        text.append(f"Counted once: {len(duplicates)} duplicate run director{'y' if len(duplicates) == 1 else 'ies'}:\n"
+                    + "\n".join(f"  {d.line}" for d in duplicates))
+        record["duplicates"] = [d.line for d in duplicates]
     body = "\n\n".join(text)
     (out / "scaling.md").write_text(body + "\n")
     (out / "scaling.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     return body + "\n\nwrote " + ", ".join(str(p) for p in [out / "scaling.md", out / "scaling.json", *written])
+
+
+def _left_out_line(p: Point) -> str:
+    if p.run.unreadable:
+        return p.run.unreadable
+    why = p.run.error or ("no loss or compute/flops in summary.json" if p.status == "completed" else "")
+    return f"{p.run.path}: {p.status}" + (f" ({why})" if why else "")
 
 
 def scaling_command(args: list[str]) -> None:

@@ -119,13 +119,23 @@ AXES: dict[str, tuple[Callable[[Point], Hashable], Callable[[Point], Hashable]]]
 }
 
 
-def widest_slice(points: Iterable[Point], axis: str) -> Slice | None:
-    """The group of points, all else fixed, with the most distinct values along `axis` (two or more)."""
+def widest_slice(points: Iterable[Point], axis: str, paired: bool = False) -> Slice | None:
+    """The group of points, all else fixed, with the most distinct values along `axis` (two or more).
+
+    `paired`: count only the values that two or more variants share, since a gap along the
+    axis needs both at each value (variants of one size each reach their own tokens per parameter)."""
     fixed_of, value_of = AXES[axis]
     groups: dict[Hashable, list[Point]] = defaultdict(list)
     for p in points:
         groups[fixed_of(p)].append(p)
-    best = max(groups.items(), key=lambda kv: (len({value_of(p) for p in kv[1]}), len(kv[1])), default=None)
-    if best is None or len({value_of(p) for p in best[1]}) < 2:
+
+    def width(group: list[Point]) -> int:
+        variants: dict[Hashable, set[str]] = defaultdict(set)
+        for p in group:
+            variants[value_of(p)].add(p.variant)
+        return sum(1 for vs in variants.values() if len(vs) >= 2 or not paired)
+
+    best = max(groups.items(), key=lambda kv: (width(kv[1]), len(kv[1])), default=None)
+    if best is None or width(best[1]) < 2:
         return None
     return Slice(axis=axis, fixed=dict(best[0]), points=tuple(best[1]))

@@ -11,30 +11,27 @@ from typing import Any, Sequence
 
 import torch
 
+from qkvlab.args import ArgumentParser, context_list
 from qkvlab.checks import compose_config
+from qkvlab.config import Config
 from qkvlab.errors import ConfigError
 
 DEFAULT_VARIANTS = "mha,k_eq_v,q_eq_k,q_eq_k_eq_v,gqa,k_eq_v_gqa,k_eq_v_mqa"
 # Bench needs causal data for decoding and no W&B run; the user's overrides come after.
 BASE_OVERRIDES = ("data=mqar", "logger=none")
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+DEFAULT_CONTEXTS = (512, 1024, 2048)
 
 
 def parse_args(args: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="qkvlab bench",
         description="Training step time, tokens/s, FLOPs/token, MFU, peak memory, loop overhead, prefill/decode "
         "tokens/s and KV-cache bytes per variant. Example: qkvlab bench model=small --variants mha,k_eq_v",
     )
     parser.add_argument("--variants", default=DEFAULT_VARIANTS, help=f"comma-separated (default {DEFAULT_VARIANTS})")
-    parser.add_argument("--contexts", type=_ints, default=(512, 1024, 2048),
-                        help="prefill/decode context lengths, capped at model.context (default 512,1024,2048)")
+    parser.add_argument("--contexts", type=context_list, default=None,
+                        help=f"prefill/decode context lengths, at most model.context (default: those of "
+                        f"{','.join(map(str, DEFAULT_CONTEXTS))} that fit it, else model.context)")
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per timed block")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks; the median is reported")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
@@ -53,14 +50,24 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     return ns
 
 
-def bench(variants: Sequence[str], overrides: Sequence[str], opts) -> dict[str, Any]:
+def bench_contexts(requested: Sequence[int] | None, configs: Sequence[Config]) -> tuple[int, ...]:
+    """The prefill/decode lengths: those asked for, each within every variant's model.context."""
+    context = min(cfg.model.context for cfg in configs)
+    if requested is None:
+        return tuple(c for c in DEFAULT_CONTEXTS if c <= context) or (context,)
+    too_long = [c for c in requested if c > context]
+    if too_long:
+        raise ConfigError(f"--contexts: {too_long[0]} is above model.context={context}; give lengths up to {context}")
+    return tuple(sorted(set(requested)))
+
+
+def bench(configs: Sequence[Config], overrides: Sequence[str], opts) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from qkvlab.bench.peaks import device_peak
     from qkvlab.bench.run import bench_variants
     from qkvlab.train.device import pick_device, resolve_precision
 
-    configs = [compose_config([*BASE_OVERRIDES, *overrides, f"variant={v}"]) for v in variants]
     first = configs[0]
     device = pick_device(first.train.device)
     precision = resolve_precision(first.train.precision, device)
@@ -128,9 +135,10 @@ def bench_main(args: list[str]) -> None:
     variants = [v.strip() for v in ns.variants.split(",") if v.strip()]
     if not variants:
         raise ConfigError("--variants is empty; e.g. --variants mha,k_eq_v")
-    opts = BenchOptions(contexts=ns.contexts, steps=ns.steps, repeats=ns.repeats, warmup=ns.warmup,
-                        decode_tokens=ns.decode_tokens, loop=not ns.no_loop)
-    report = bench(variants, ns.overrides, opts)
+    configs = [compose_config([*BASE_OVERRIDES, *ns.overrides, f"variant={v}"]) for v in variants]
+    opts = BenchOptions(contexts=bench_contexts(ns.contexts, configs), steps=ns.steps, repeats=ns.repeats,
+                        warmup=ns.warmup, decode_tokens=ns.decode_tokens, loop=not ns.no_loop)
+    report = bench(configs, ns.overrides, opts)
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(ns.out or f"outputs/bench/bench_{report['model']}_{stamp}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -4,34 +4,36 @@ run's config (e.g. train.device=cpu data.batch_size=16)."""
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
+from qkvlab.args import ArgumentParser, context_list
 from qkvlab.errors import ConfigError
 
 
-def int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.replace(",", " ").split()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+def readable_run(run_dir: str) -> None:
+    """A run whose summary.json is torn is refused in one line naming the file, before any work."""
+    from qkvlab.rundir import load_run
+
+    run = load_run(run_dir)
+    if run.unreadable:
+        raise ConfigError(run.unreadable)
 
 
 def eval_main(args: list[str]) -> None:
     from qkvlab.infer.evaluate_run import evaluate_run, format_report
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="qkvlab eval",
         description="Validation loss/ppl (and accuracy on synthetic tasks) of a trained run at several context "
         "lengths; writes RUN_DIR/eval.json.",
     )
     parser.add_argument("run_dir")
-    parser.add_argument("--contexts", type=int_list, default=None,
+    parser.add_argument("--contexts", type=context_list, default=None,
                         help="context lengths, e.g. 512,1024,2048 (default: the run's seq_len and those of "
                         "512,1024,2048 that fit model.context; synthetic tasks: their seq_len)")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.device=cpu")
     ns = parser.parse_intermixed_args(args)
+    readable_run(ns.run_dir)
     print(format_report(evaluate_run(ns.run_dir, ns.overrides, ns.contexts)), flush=True)
 
 
@@ -63,7 +65,7 @@ def generate_main(args: list[str]) -> None:
     from qkvlab.infer.generate import Sampling, check_sampling, generate
     from qkvlab.infer.load import load_trained
 
-    parser = argparse.ArgumentParser(prog="qkvlab generate", description="Sample from a trained causal run with a KV cache.")
+    parser = ArgumentParser(prog="qkvlab generate", description="Sample from a trained causal run with a KV cache.")
     parser.add_argument("run_dir")
     parser.add_argument("--prompt", required=True, help="text (text runs) or token ids (synthetic runs)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -79,6 +81,7 @@ def generate_main(args: list[str]) -> None:
     check_sampling(s)
     if ns.num_samples < 1:
         raise ConfigError(f"--num-samples={ns.num_samples} must be at least 1")
+    readable_run(ns.run_dir)
     trained = load_trained(ns.run_dir, ns.overrides)
     if not trained.cfg.data.causal:
         raise ConfigError(f"data.task={trained.cfg.data.task} is bidirectional: it has no decoding; generate needs a causal run")

@@ -8,6 +8,7 @@ each step instead: slower, and the yardstick the tests hold the cache to.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -32,8 +33,8 @@ def check_sampling(s: Sampling) -> None:
 
     if s.max_new_tokens < 1:
         raise ConfigError(f"--max-new-tokens={s.max_new_tokens} must be at least 1")
-    if s.temperature < 0:
-        raise ConfigError(f"--temperature={s.temperature} must be >= 0 (0 is greedy)")
+    if not (math.isfinite(s.temperature) and s.temperature >= 0):
+        raise ConfigError(f"--temperature={s.temperature} must be a finite number >= 0 (0 is greedy)")
     if s.top_k < 0:
         raise ConfigError(f"--top-k={s.top_k} must be >= 0 (0 keeps every token)")
     if not 0 < s.top_p <= 1:

@@ -8,9 +8,27 @@ from pathlib import Path
 
 import torch
 
+from qkvlab.errors import ConfigError
+
+
+def check_device(name: str) -> None:
+    """A device this torch cannot use fails at start-up in one line, not mid-run in an assertion."""
+    if name == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}, but no GPU is visible"
+        raise ConfigError(
+            f"train.device=cuda but torch.cuda.is_available() is False (this torch is {torch.__version__}, {build}); "
+            "use train.device=auto or cpu"
+        )
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(
+            f"train.device=mps but torch.backends.mps.is_available() is False (this torch is {torch.__version__}); "
+            "use train.device=auto or cpu"
+        )
+
 
 def pick_device(name: str) -> torch.device:
     if name != "auto":
+        check_device(name)
         return torch.device(name)
     if torch.cuda.is_available():
         return torch.device("cuda")

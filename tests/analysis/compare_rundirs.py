@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from pathlib import Path
 
 import yaml
@@ -49,4 +50,6 @@ def make_run(
     else:
         summary["error"] = "RuntimeError: boom"
     (run / "summary.json").write_text(json.dumps(summary))
+    # As train writes it: an id chosen once per run directory.
+    (run / "run.json").write_text(json.dumps({"format_version": 1, "wandb_id": secrets.token_hex(4)}))
     return run

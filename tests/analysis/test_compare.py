@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import re
+import shutil
 
 import pytest
 from scipy import stats
@@ -81,7 +84,7 @@ def test_command_writes_table_csv_and_plots(sweep, tmp_path, capsys):
     compare_command([str(sweep), "--out", str(out)])
     printed = capsys.readouterr().out
     assert "k_eq_v" in printed and "baseline" in printed
-    assert "Not included: 2 failed or unfinished run(s)" in printed and "RuntimeError: boom" in printed
+    assert "Not included: 2 failed, unfinished or unreadable run(s)" in printed and "RuntimeError: boom" in printed
     rows = {r["variant"]: r for r in csv.DictReader(open(out / "compare.csv"))}
     assert rows["k_eq_v"]["n"] == "3" and rows["k_eq_v"]["significant"] == "True"
     assert float(rows["k_eq_v"]["kv_cache/bytes_per_token/mean"]) == 512
@@ -123,3 +126,52 @@ def test_wandb_gets_table_and_plots(sweep, tmp_path, run_cli):
     assert out.returncode == 0 and "logged to W&B" in out.stdout, out.stderr[-2000:]
     (blob,) = [p.read_bytes() for p in tmp_path.rglob("offline-run-*/run-*.wandb")]
     assert b"compare/table" in blob and b"compare/ppl_vs_kv_cache" in blob
+
+
+def test_copies_of_run_directories_are_counted_once_and_listed(tmp_path, capsys):
+    """`cp -r` of a sweep (a backup folder) must not turn two seeds into six."""
+    root = tmp_path / "sweep"
+    for seed, (a, b) in enumerate([(2.00, 2.05), (2.10, 2.08)]):
+        make_run(root, f"mha-s{seed}", variant="mha", seed=seed, loss=a)
+        make_run(root, f"k_eq_v-s{seed}", variant="k_eq_v", seed=seed, loss=b)
+    alone = by_variant(compare(find_runs([root])))["k_eq_v"]
+    for backup in ("backup", "backup2"):
+        for run in ("mha-s0", "mha-s1", "k_eq_v-s0", "k_eq_v-s1"):
+            shutil.copytree(root / run, root / backup / run)
+    c = compare(find_runs([root]))
+    g = by_variant(c)["k_eq_v"]
+    assert g.n == 2 and g.p_value == pytest.approx(alone.p_value)
+    assert len(c.duplicates) == 8 and all(d.of.path.parent == root for d in c.duplicates)
+    assert all(d.why.startswith("a copy: the same run id ") for d in c.duplicates)
+
+    out = tmp_path / "report"
+    compare_command([str(root), "--out", str(out), "--no-plots"])
+    printed = capsys.readouterr().out
+    assert "Counted once: 8 duplicate run directories" in printed
+    assert re.search(rf"{root / 'backup' / 'mha-s0'} +{root / 'mha-s0'} +a copy: the same run id", printed)
+    assert "Counted once: 8 duplicate run directories" in (out / "compare.md").read_text()
+    dups = [r for r in csv.DictReader(open(out / "runs.csv")) if r["group"] == "(duplicate)"]
+    assert len(dups) == 8
+    assert next(r for r in dups if r["run_dir"] == str(root / "backup2" / "k_eq_v-s1"))["duplicate_of"].startswith(
+        str(root / "k_eq_v-s1") + " (a copy")
+
+
+def test_a_rerun_of_the_same_config_and_seed_is_one_sample(tmp_path):
+    root = tmp_path / "sweep"
+    make_run(root, "mha-s0", variant="mha", seed=0, loss=2.0)
+    make_run(root, "mha-s0-again", variant="mha", seed=0, loss=2.0)  # its own run id, as a second training
+    make_run(root, "mha-s1", variant="mha", seed=1, loss=2.1)
+    c = compare(find_runs([root]))
+    assert by_variant(c)["mha"].n == 2
+    (dup,) = c.duplicates
+    assert dup.run.path.name == "mha-s0-again" and dup.of.path.name == "mha-s0"
+    assert dup.why.startswith("the same config and seed 0")
+
+
+def test_an_unreadable_summary_is_listed_and_the_rest_compared(sweep, tmp_path, capsys):
+    (sweep / "mha-s1" / "summary.json").write_text('{"status": "compl')
+    compare_command([str(sweep), "--out", str(tmp_path / "report"), "--no-plots"])
+    printed = capsys.readouterr().out
+    assert by_variant(compare(find_runs([sweep])))["mha"].n == 2
+    line = f"{sweep / 'mha-s1' / 'summary.json'} is unreadable (not valid JSON at line 1)"
+    assert "Not included: 3 failed, unfinished or unreadable run(s)" in printed and line in printed

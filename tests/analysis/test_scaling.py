@@ -92,3 +92,40 @@ def test_nothing_to_scale_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["scaling", str(tmp_path)])
     assert "nothing to scale" in capsys.readouterr().err
+
+
+def error_line(capsys, *args) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["scaling", *map(str, args)])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_a_variant_comparison_without_a_ladder_says_what_scaling_needs(tmp_path, capsys):
+    """Seeds of two variants at one size (a compare sweep): each variant reaches its own tokens
+    per parameter, so no setting is shared and every table would be empty."""
+    for v, tpp in (("mha", 20.0), ("k_eq_v", 22.3)):
+        for seed in (0, 1):
+            write_run(tmp_path / f"{v}_s{seed}", variant=v, model="tiny", experiment="default", seed=seed,
+                      loss=2.0 + seed / 100, compute=1e12, tokens_per_param=tpp)
+    err = error_line(capsys, tmp_path)
+    assert "nothing to scale" in err and "several model sizes per variant" in err and "experiment=scaling_ladder" in err
+
+
+def test_copies_are_counted_once_and_unreadable_runs_listed(ladder_dir, tmp_path, capsys):
+    import shutil
+
+    for run in sorted(ladder_dir.iterdir()):
+        (run / "run.json").write_text(json.dumps({"wandb_id": run.name}))
+    shutil.copytree(ladder_dir, ladder_dir / "backup")
+    (ladder_dir / "mha_r0_s2" / "summary.json").write_text("")
+    out = scaling(capsys, ladder_dir, "--bootstrap", "20", "--out", tmp_path / "report")
+    record = json.loads((tmp_path / "report" / "scaling.json").read_text())
+    seeds = {r["model"]: r["seeds"] for r in record["ladder"]["fits"]["k_eq_v"]["rungs"]}
+    assert set(seeds.values()) == {3}, seeds
+    assert {r["model"]: r["seeds"] for r in record["ladder"]["fits"]["mha"]["rungs"]}["ladder_1"] == 3  # the copy stands in
+    assert f"{ladder_dir / 'mha_r0_s2' / 'summary.json'} is unreadable (empty)" in out
+    assert "Counted once: 35 duplicate run directories" in out
+    assert f"{ladder_dir / 'backup' / 'k_eq_v_r0_s0'} duplicates {ladder_dir / 'k_eq_v_r0_s0'}" in out
+    assert len(record["duplicates"]) == 35 and len(record["not_included"]) == 1
