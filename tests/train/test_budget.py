@@ -21,7 +21,7 @@ def test_steps_follow_tokens_per_param():
 
 @pytest.mark.parametrize("bad", ["0", "-5.0"])
 def test_non_positive_tokens_per_param_is_refused(bad):
-    with pytest.raises(ConfigError, match=r"train.tokens_per_param=.* must be > 0"):
+    with pytest.raises(ConfigError, match=r"train.tokens_per_param=.* is out of range; give a value > 0"):
         make_config(f"train.tokens_per_param={bad}")
 
 
