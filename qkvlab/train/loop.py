@@ -139,6 +139,10 @@ class Trainer:
         self.tokens_per_step = tokens_per_step(cfg)
         self.state = LoopState()
         self.last_checkpoint: Path | None = None
+        # A checkpoint is good once a step on its weights had a finite loss and gradients;
+        # weights that overflowed in the update before it save fine and only fail the next step.
+        self.good_checkpoint: Path | None = None
+        self._unconfirmed: Path | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -159,10 +163,12 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"])
         self.state = LoopState(**payload["loop"])
-        self.last_checkpoint = path
+        self.last_checkpoint = self._unconfirmed = path
 
     def save(self) -> Path:
-        self.last_checkpoint = write_checkpoint(self.run_dir, self.state.step, self.state_dict(), self.cfg.train.keep_checkpoints)
+        self.last_checkpoint = self._unconfirmed = write_checkpoint(
+            self.run_dir, self.state.step, self.state_dict(), self.cfg.train.keep_checkpoints
+        )
         return self.last_checkpoint
 
     def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,11 +233,18 @@ class Trainer:
         st.nonfinite_in_a_row += 1
         if t.on_nonfinite == "stop" or st.nonfinite_in_a_row >= t.max_nonfinite:
             streak = f"{st.nonfinite_in_a_row} steps in a row, " if st.nonfinite_in_a_row > 1 else ""
-            kept = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
             raise Diverged(
                 f"non-finite loss or gradients at step {done} ({streak}train.on_nonfinite={t.on_nonfinite}); "
-                f"{kept}; lower optim.lr or raise optim.warmup_steps"
+                f"{self.checkpoint_verdict()}; lower optim.lr or raise optim.warmup_steps"
             )
+
+    def checkpoint_verdict(self) -> str:
+        """Which checkpoint, if any, holds weights known to train: the one a diverged run can go back to."""
+        if self.good_checkpoint is not None:
+            return f"the last good checkpoint is {self.good_checkpoint}"
+        if self.last_checkpoint is not None:
+            return f"no checkpoint is known good (no finite step has run on the weights in {self.last_checkpoint})"
+        return "no checkpoint was written yet"
 
     def settle(self, pending: list[tuple[int, torch.Tensor]]) -> None:
         """Count the finiteness flags of the steps since the last settle, in order, with one
@@ -242,6 +255,8 @@ class Trainer:
             if ok:
                 st.window_finite += 1
                 st.nonfinite_in_a_row = 0
+                if self._unconfirmed is not None:
+                    self.good_checkpoint, self._unconfirmed = self._unconfirmed, None
             else:
                 self._nonfinite(done)
         pending.clear()
@@ -316,6 +331,12 @@ class Trainer:
                 bar.close()
                 raise Preempted(stop.signum, done, self.last_checkpoint)
         bar.close()
+        bad = {k: v for k, v in st.val.items() if not math.isfinite(v)}
+        if bad:
+            raise Diverged(
+                f"the final validation gave {', '.join(f'{k}={v}' for k, v in bad.items())} at step {t.steps}, "
+                f"so the run is not complete; {self.checkpoint_verdict()}; lower optim.lr or raise optim.warmup_steps"
+            )
         if self.last_checkpoint is None or step_path(self.run_dir, t.steps) != self.last_checkpoint:
             st.wall_time = wall_before + time.perf_counter() - segment_start
             self.save()

@@ -65,3 +65,25 @@ def test_fused_optimizer_skips_nonfinite_updates_without_a_per_step_read(tmp_pat
     writer.close()
     assert reads == [10] and trainer.state.step == 10
     assert all(bool(p.isfinite().all()) for p in trainer.model.parameters())
+
+
+def test_a_run_whose_final_validation_is_not_finite_is_never_completed(tmp_path, monkeypatch):
+    """Weights that give a NaN validation must not end in a completed run with a NaN in its table."""
+    import math
+
+    import pytest
+
+    from qkvlab.train.loop import Diverged, Trainer
+
+    real = Trainer.validate
+
+    def nan_at_the_end(self, stop=None):
+        val = real(self, stop)
+        return {**val, "val/loss": math.nan} if self.state.step == self.cfg.train.steps else val
+
+    monkeypatch.setattr(Trainer, "validate", nan_at_the_end)
+    with pytest.raises(Diverged, match=r"the final validation gave val/loss=nan at step 60, so the run is not complete; "
+                       r"the last good checkpoint is .*step_00000030\.pt"):
+        run(make_config(*FAST, "train.checkpoint_every=30"), tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "checkpoints" / "final.pt").exists()
