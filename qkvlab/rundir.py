@@ -14,6 +14,7 @@ from typing import Any, Iterable
 from omegaconf import OmegaConf
 
 from qkvlab.config import flatten
+from qkvlab.runlock import is_held
 
 
 @dataclass
@@ -25,7 +26,11 @@ class Run:
 
     @property
     def status(self) -> str:
-        return "unreadable" if self.unreadable else self.summary.get("status", "unfinished")
+        """`running` only while a process holds the directory; a run killed while running is `unfinished`."""
+        if self.unreadable:
+            return "unreadable"
+        status = self.summary.get("status", "unfinished")
+        return "unfinished" if status == "running" and not is_held(self.path) else status
 
     @property
     def finished(self) -> bool:

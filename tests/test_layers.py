@@ -22,6 +22,7 @@ RANKS = {
     "qkvlab.checks": 5,
     "qkvlab.track": 6,
     "qkvlab.rundir": 6,
+    "qkvlab.runlock": 6,
     "qkvlab.train": 7,
     "qkvlab.infer": 8,
     "qkvlab.bench": 8,

@@ -34,3 +34,13 @@ def test_a_malformed_metrics_line_is_skipped_and_named_not_the_end_of_the_file(t
     assert run.metrics_problems == [f"{tmp_path / 'metrics.jsonl'} line 3 is not a metrics row ({{not json); skipped"]
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"qkvlab: warning: {run.metrics_problems[0]}"]
+
+
+def test_a_run_killed_while_running_reads_as_unfinished_and_a_held_one_as_running(tmp_path):
+    from qkvlab.runlock import hold
+
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "running"}))
+    assert load_run(tmp_path).status == "unfinished"
+    with hold(tmp_path):
+        assert load_run(tmp_path).status == "running"
+    assert load_run(tmp_path).status == "unfinished"

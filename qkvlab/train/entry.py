@@ -6,7 +6,7 @@ resumes there (train.resume=auto): re-running a sweep only does the work that
 is missing. A directory named by hand (hydra.run.dir=...) is never skipped:
 its name does not say which config completed there.
 
-A job first takes the run directory's lock (qkvlab/train/lock.py), then checks
+A job first takes the run directory's lock (qkvlab/runlock.py), then checks
 that the directory was trained with the same config (run.json records its
 hash), and only then writes anything, .hydra/ included.
 
@@ -40,7 +40,7 @@ from qkvlab.errors import EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_FAILED, ConfigErro
 from qkvlab.rundir import load_run
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.signals import Preempted, exit_code
-from qkvlab.train.lock import RunDirBusy, hold
+from qkvlab.runlock import RunDirBusy, hold
 from qkvlab.train.sweep_report import record_refused, sweep_failed
 
 # Overrides the resume command must not repeat: it names the directory itself and resumes from it.

@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from qkvlab.train.checkpoint import read_checkpoint, step_checkpoints
-from qkvlab.train.lock import hold
+from qkvlab.runlock import hold
 
 pytestmark = pytest.mark.slow
 

@@ -40,7 +40,7 @@ class RunDirLock:
         path = self.run_dir / LOCK
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _flock_patiently(fd)
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
@@ -62,6 +62,35 @@ class RunDirLock:
         if self.fd is not None:
             os.close(self.fd)  # closing releases the flock
             self.fd = None
+
+
+def _flock_patiently(fd: int, tries: int = 10) -> None:
+    """LOCK_EX, retried for half a second: a reader's `is_held` probe holds a shared lock for microseconds."""
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.05)
+
+
+def is_held(run_dir: Path) -> bool:
+    """Whether a process holds the run directory now (its summary may say `running` after a SIGKILL)."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # closing drops the shared lock, if taken
+    return False
 
 
 def _holder(fd: int) -> str:
