@@ -65,7 +65,7 @@ def test_an_edited_corpus_is_refused_by_resume_and_eval(run_cli, tmp_path, corpu
     (tmp_path / "run" / "eval.json").write_text(report)
     write_jsonl(corpus_file, make_docs(121))
 
-    resumed = run_cli("train", *args[:-1], "train.steps=6", "hydra.run.dir=run")
+    resumed = run_cli("train", *args)  # a hand-named directory is resumed, never skipped
     assert resumed.returncode == 2, resumed.stderr[-2000:]
     (line,) = [l for l in resumed.stderr.splitlines() if l.startswith("qkvlab: error")]
     assert line.startswith("qkvlab: error: the corpus changed since this run trained: token cache corpus.jsonl-byte-")
