@@ -254,7 +254,8 @@ FLOAT_RANGES: dict[str, Range] = {
     "model.norm_eps": POSITIVE,
     "model.dropout": UNIT,
     "model.init_std": POSITIVE,
-    "optim.lr": POSITIVE,
+    # AdamW divides lr by 1 - beta1^t; far above 1e30 that step size overflows fp32 inside the optimizer.
+    "optim.lr": Range(high=1e30, high_closed=True),
     "optim.min_lr_ratio": Range(low_closed=True, high=1.0, high_closed=True),
     "optim.beta1": UNIT,
     "optim.beta2": UNIT,
