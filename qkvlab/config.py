@@ -46,6 +46,11 @@ class VariantConfig:
     # Query heads per KV head (4 = GQA-4); ignored when n_kv_heads is set.
     kv_group_size: int = 1
     n_kv_heads: Optional[int] = None
+    # Cross-layer KV sharing. share_every=s (CLA): in each block of s layers the first computes
+    # K/V and the others reuse them. kv_shared_layers=N (Gemma 3n/4): the last N layers reuse the
+    # K/V of the last layer before them. A reusing layer owns no K/V weights and caches nothing.
+    share_every: int = 1
+    kv_shared_layers: int = 0
 
 
 @dataclass

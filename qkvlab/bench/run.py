@@ -24,7 +24,7 @@ from qkvlab.bench.measure import median_seconds, peak_memory, synchronize
 from qkvlab.checks import checked
 from qkvlab.config import Config
 from qkvlab.model import build_model, kv_cache_bytes_per_token
-from qkvlab.model.attention import AttentionSpec
+from qkvlab.model.attention import AttentionSpec, LayerInfo, SharedQKVAttention
 from qkvlab.model.kv_cache import KVCache, LayerKVCache
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.device import autocast, compute_dtype
@@ -95,8 +95,11 @@ def bench_training(cfg: Config, opts: BenchOptions, peak_flops: float) -> tuple[
     }, trainer
 
 
-def mha_twin(spec: AttentionSpec) -> AttentionSpec:
-    return dataclasses.replace(spec, sharing="mha", n_kv_heads=spec.n_heads)
+def mha_layer_cache(spec: AttentionSpec, max_len: int, device, dtype) -> LayerKVCache:
+    """One layer's cache as `mha` of the same shape allocates it: the reference bench measures against."""
+    with torch.device("meta"):
+        twin = SharedQKVAttention(spec.mha_twin(), LayerInfo(0, 1))
+    return LayerKVCache(twin.cache_shapes(1, max_len), max_len, device, dtype)
 
 
 @torch.no_grad()
@@ -150,10 +153,10 @@ def bench_inference(cfgs: list[Config], vocab: int, device: torch.device, precis
     rows = []
     for model, speed in zip(models, speeds):
         measured = KVCache(model, 1, L, dtype).bytes_per_token()
-        mha = len(model.blocks) * LayerKVCache(mha_twin(model.spec), 1, L, device, dtype).nbytes / L
+        mha = len(model.blocks) * mha_layer_cache(model.spec, L, device, dtype).nbytes / L
         rows.append({
             "kv_cache/bytes_per_token": measured,
-            "kv_cache/bytes_per_token_closed_form": kv_cache_bytes_per_token(model.spec, len(model.blocks), dtype),
+            "kv_cache/bytes_per_token_closed_form": kv_cache_bytes_per_token(model, dtype),
             "kv_cache/ratio_vs_mha": measured / mha,
             "inference": speed,
         })

@@ -1,16 +1,18 @@
-from qkvlab.model.attention import FAMILIES, AttentionSpec, SharedQKVAttention, check_model
+from qkvlab.model.attention import FAMILIES, AttentionSpec, LayerInfo, SharedQKVAttention, check_model
 from qkvlab.model.transformer import (
     Transformer,
     attention_spec,
     build_model,
     count_params,
     kv_cache_bytes_per_token,
+    mha_kv_bytes_per_token,
     model_vocab,
 )
 
 __all__ = [
     "FAMILIES",
     "AttentionSpec",
+    "LayerInfo",
     "SharedQKVAttention",
     "Transformer",
     "attention_spec",
@@ -18,5 +20,6 @@ __all__ = [
     "build_model",
     "count_params",
     "kv_cache_bytes_per_token",
+    "mha_kv_bytes_per_token",
     "model_vocab",
 ]

@@ -25,6 +25,7 @@ variant config picks one with `variant.family`.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
@@ -37,6 +38,14 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class LayerInfo:
+    """Where a family's module sits: what depth-dependent families (and cross-layer sharing) need."""
+
+    index: int
+    n_layers: int
+
+
+@dataclass(frozen=True)
 class AttentionSpec:
     d_model: int
     n_heads: int
@@ -45,10 +54,22 @@ class AttentionSpec:
     bias: bool
     dropout: float
     causal: bool
+    share_every: int = 1
+    kv_shared_layers: int = 0
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_heads
+
+    def mha_twin(self) -> "AttentionSpec":
+        """`mha` of the same shape: three projections, a KV head per query head, no cross-layer sharing."""
+        return dataclasses.replace(self, sharing="mha", n_kv_heads=self.n_heads, share_every=1, kv_shared_layers=0)
+
+    def kv_source(self, layer: "LayerInfo") -> int:
+        """The layer whose K/V this layer attends over: itself, or an earlier one it reuses."""
+        if self.kv_shared_layers and layer.index >= layer.n_layers - self.kv_shared_layers:
+            return layer.n_layers - self.kv_shared_layers - 1
+        return layer.index - layer.index % self.share_every
 
     @property
     def projections(self) -> tuple[tuple[str, int], ...]:
@@ -65,9 +86,6 @@ class AttentionSpec:
     def cached_tensors(self) -> int:
         """Tensors per KV head a decoder caches: K and V, or one when V is K's input."""
         return 2 if self.sharing in ("mha", "q_eq_k") else 1
-
-    def kv_cache_values_per_token(self) -> int:
-        return self.cached_tensors * self.n_kv_heads * self.d_head
 
 
 class Rope(NamedTuple):
@@ -124,20 +142,40 @@ def _decode_attention(q, k, v, start_pos: int, enable_gqa: bool) -> torch.Tensor
 
 
 class SharedQKVAttention(nn.Module):
-    def __init__(self, spec: AttentionSpec):
+    """The four sharing patterns, with GQA/MQA and cross-layer KV sharing.
+
+    A layer that reuses an earlier layer's K/V (`spec.kv_source`) builds only its
+    query projection and attends over the producer's keys and values, the very
+    tensors (in training) or cache views (in decoding) the producer made, which it
+    hands over in the per-forward `shared` dict."""
+
+    def __init__(self, spec: AttentionSpec, layer: LayerInfo):
         super().__init__()
-        self.spec = spec
-        self.split = [heads * spec.d_head for _, heads in spec.projections]
+        self.spec, self.layer = spec, layer
+        self.source = spec.kv_source(layer)
+        self.reuses = self.source != layer.index
+        self.feeds = any(spec.kv_source(LayerInfo(j, layer.n_layers)) == layer.index for j in range(layer.index + 1, layer.n_layers))
+        self.projections = (("q", spec.n_heads),) if self.reuses else spec.projections
+        self.split = [heads * spec.d_head for _, heads in self.projections]
         self.qkv = nn.Linear(spec.d_model, sum(self.split), bias=spec.bias)
         self.out = nn.Linear(spec.n_heads * spec.d_head, spec.d_model, bias=spec.bias)
 
+    def cache_shapes(self, batch: int, max_len: int) -> list[tuple[int, ...]]:
+        """The buffers this layer caches for decoding; none when it reuses another layer's."""
+        s = self.spec
+        return [] if self.reuses else [(batch, s.n_kv_heads, max_len, s.d_head)] * s.cached_tensors
+
+    def cache_values_per_token(self) -> int:
+        """Closed form of what `cache_shapes` holds per token."""
+        return 0 if self.reuses else self.spec.cached_tensors * self.spec.n_kv_heads * self.spec.d_head
+
     def project(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The projections this pattern computes, as (B, heads, T, d_head)."""
+        """The projections this layer computes, as (B, heads, T, d_head)."""
         B, T, _ = x.shape
         parts = self.qkv(x).split(self.split, dim=-1)
         return {
             name: part.view(B, T, heads, self.spec.d_head).transpose(1, 2)
-            for (name, heads), part in zip(self.spec.projections, parts)
+            for (name, heads), part in zip(self.projections, parts)
         }
 
     def qkv_from(
@@ -159,11 +197,19 @@ class SharedQKVAttention(nn.Module):
         rope: Optional[Rope] = None,
         cache: Optional["LayerKVCache"] = None,
         start_pos: int = 0,
+        shared: Optional[dict] = None,
     ) -> torch.Tensor:
         if cache is not None:
-            return self.forward_cached(x, rope, cache, start_pos)
+            return self.forward_cached(x, rope, cache, start_pos, {} if shared is None else shared)
         B, T, _ = x.shape
-        q, k, v = self.qkv_from(self.project(x), rope)
+        p = self.project(x)
+        if self.reuses:
+            k, v, _ = shared[self.source]
+            q = rotate(p["q"], rope.cos, rope.sin) if rope is not None else p["q"]
+        else:
+            q, k, v = self.qkv_from(p, rope)
+            if self.feeds:
+                shared[self.layer.index] = (k, v, False)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -174,7 +220,7 @@ class SharedQKVAttention(nn.Module):
         )
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
-    def forward_cached(self, x, rope: Optional[Rope], cache: "LayerKVCache", start_pos: int) -> torch.Tensor:
+    def forward_cached(self, x, rope: Optional[Rope], cache: "LayerKVCache", start_pos: int, shared: dict) -> torch.Tensor:
         """Incremental decoding; `rope` covers positions 0..start_pos+T.
 
         One cached tensor (`k_eq_v`, `q_eq_k_eq_v`) is the unrotated S: keys are
@@ -187,35 +233,57 @@ class SharedQKVAttention(nn.Module):
         p = self.project(x)
         new_rope = None if rope is None else rope.at(start_pos)
         gqa = self.spec.n_kv_heads != self.spec.n_heads
-        if self.spec.cached_tensors == 2:
+        if self.reuses:
+            k, v, pairs = shared[self.source]
+            q = p["q"]
+            if rope is not None:
+                q = rotate_pairs(to_pairs(q).to(k.dtype), new_rope.cis) if pairs else rotate(q, new_rope.cos, new_rope.sin)
+        elif self.spec.cached_tensors == 2:
             q, k, v = self.qkv_from(p, new_rope)
-            k, v = cache.update(start_pos, [k, v])
-            y = _decode_attention(q, k, v, start_pos, gqa)
+            (k, v), pairs = cache.update(start_pos, [k, v]), False
         elif rope is None:
             (k,) = cache.update(start_pos, [p["k"]])
-            y = _decode_attention(p.get("q", k[:, :, start_pos:]), k, k, start_pos, gqa)
+            q, v, pairs = p.get("q", k[:, :, start_pos:]), k, False
         elif rope.cis is not None and cache.dtype in (torch.float32, torch.float64):
             (v,) = cache.update(start_pos, [to_pairs(p["k"])])
-            k = rotate_pairs(v, rope.cis)
+            k, pairs = rotate_pairs(v, rope.cis), True
             q = rotate_pairs(to_pairs(p["q"]).to(cache.dtype), new_rope.cis) if "q" in p else k[:, :, start_pos:]
-            y = from_pairs(_decode_attention(q, k, v, start_pos, gqa))
         else:
             (v,) = cache.update(start_pos, [p["k"]])
-            k = rotate(v, rope.cos, rope.sin)
+            k, pairs = rotate(v, rope.cos, rope.sin), False
             q = rotate(p["q"], new_rope.cos, new_rope.sin) if "q" in p else k[:, :, start_pos:]
-            y = _decode_attention(q, k, v, start_pos, gqa)
+        if self.feeds:
+            shared[self.layer.index] = (k, v, pairs)
+        y = _decode_attention(q, k, v, start_pos, gqa)
+        if pairs:
+            y = from_pairs(y)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
 
-FAMILIES: dict[str, Callable[[AttentionSpec], nn.Module]] = {"shared_qkv": SharedQKVAttention}
+FAMILIES: dict[str, Callable[[AttentionSpec, LayerInfo], nn.Module]] = {"shared_qkv": SharedQKVAttention}
 
 
 def check_model(cfg) -> None:
     """The family is one the model knows; run at start-up with every other check."""
     from qkvlab.errors import ConfigError
 
-    if cfg.variant.family not in FAMILIES:
-        raise ConfigError(f"variant.family={cfg.variant.family!r} is not valid; choose one of: {', '.join(FAMILIES)}")
+    v, n_layers = cfg.variant, cfg.model.n_layers
+    if v.family not in FAMILIES:
+        raise ConfigError(f"variant.family={v.family!r} is not valid; choose one of: {', '.join(FAMILIES)}")
+    if v.share_every < 1:
+        raise ConfigError(f"variant.share_every={v.share_every} is out of range; it must be >= 1 (1: every layer computes its own K/V)")
+    if not 0 <= v.kv_shared_layers < n_layers:
+        raise ConfigError(
+            f"variant.kv_shared_layers={v.kv_shared_layers} is out of range; it must be in [0, {n_layers - 1}] "
+            f"for model.n_layers={n_layers} (one layer must compute the K/V the others reuse)"
+        )
+    if v.share_every > 1 and v.kv_shared_layers:
+        raise ConfigError("variant.share_every and variant.kv_shared_layers are two rules for the same thing; set one of them")
+    if (v.share_every > 1 or v.kv_shared_layers) and v.sharing in ("q_eq_k", "q_eq_k_eq_v"):
+        raise ConfigError(
+            f"cross-layer KV sharing needs a query projection of its own, but variant.sharing={v.sharing} makes Q the K "
+            "projection; use sharing mha or k_eq_v"
+        )
     if cfg.model.vocab_multiple < 1:
         raise ConfigError(f"model.vocab_multiple={cfg.model.vocab_multiple} is out of range; it must be >= 1")
     if cfg.model.vocab_size is not None and cfg.model.vocab_size < 1:

@@ -1,10 +1,11 @@
 """The decoding cache: preallocated per-layer buffers, one per cached tensor.
 
-A layer holds `spec.cached_tensors` buffers of shape (B, n_kv_heads, max_len,
-d_head): rotated K and V for `mha`/`q_eq_k`, the single unrotated shared
-projection S for `k_eq_v`/`q_eq_k_eq_v` (with RoPE in fp32/fp64, its rotary
-pairs side by side: see attention.py). GQA/MQA shrink n_kv_heads, so the
-buffers hold only the KV heads. `nbytes` sums the buffers actually allocated,
+Each layer's attention says what it holds (`cache_shapes`): for the shared-QKV
+family, buffers of shape (B, n_kv_heads, max_len, d_head): rotated K and V for
+`mha`/`q_eq_k`, the single unrotated shared projection S for
+`k_eq_v`/`q_eq_k_eq_v` (with RoPE in fp32/fp64, its rotary pairs side by side:
+see attention.py), and nothing for a layer that reuses an earlier layer's K/V.
+GQA/MQA shrink n_kv_heads, so the buffers hold only the KV heads. `nbytes` sums the buffers actually allocated,
 which is what bench reports next to the closed-form figure.
 """
 
@@ -12,17 +13,16 @@ from __future__ import annotations
 
 import torch
 
-from qkvlab.model.attention import AttentionSpec
-
 
 class LayerKVCache:
-    def __init__(self, spec: AttentionSpec, batch: int, max_len: int, device, dtype: torch.dtype):
-        shape = (batch, spec.n_kv_heads, max_len, spec.d_head)
-        self.buffers = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(spec.cached_tensors)]
+    def __init__(self, shapes: list[tuple[int, ...]], max_len: int, device, dtype: torch.dtype):
+        self.buffers = [torch.zeros(shape, device=device, dtype=dtype) for shape in shapes]
         self.max_len, self.dtype = max_len, dtype
 
     def update(self, start: int, new: list[torch.Tensor]) -> list[torch.Tensor]:
         """Write `new` (B, kv, T, d) at positions start..start+T; views of everything cached so far."""
+        if not new:
+            return []
         end = start + new[0].shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; asked to write up to {end}")
@@ -46,7 +46,7 @@ class KVCache:
         param = next(model.parameters())
         self.batch, self.max_len = batch, max_len
         self.layers = [
-            LayerKVCache(block.attn.spec, batch, max_len, param.device, dtype or param.dtype)
+            LayerKVCache(block.attn.cache_shapes(batch, max_len), max_len, param.device, dtype or param.dtype)
             for block in model.blocks
         ]
 

@@ -26,7 +26,7 @@ def _count(cfg: Config, m: ModelConfig, vocab_size: int, mha: bool = False) -> i
 
     spec = attention_spec(cfg)
     if mha:
-        spec = dataclasses.replace(spec, sharing="mha", n_kv_heads=spec.n_heads)
+        spec = spec.mha_twin()
     with torch.device("meta"):
         model = Transformer(m, spec, cfg.variant.family, vocab_size)
     return sum(p.numel() for p in model.parameters())

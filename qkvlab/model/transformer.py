@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkvlab.config import Config, ModelConfig, n_kv_heads
-from qkvlab.model.attention import FAMILIES, AttentionSpec, Rope
+from qkvlab.model.attention import FAMILIES, AttentionSpec, LayerInfo, Rope
 
 if TYPE_CHECKING:
     from qkvlab.model.kv_cache import KVCache
@@ -44,19 +44,16 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, m: ModelConfig, spec: AttentionSpec, family: str):
+    def __init__(self, m: ModelConfig, spec: AttentionSpec, family: str, layer: LayerInfo):
         super().__init__()
         self.norm1 = make_norm(m)
-        self.attn = FAMILIES[family](spec)
+        self.attn = FAMILIES[family](spec, layer)
         self.norm2 = make_norm(m)
         self.mlp = MLP(m)
         self.drop = nn.Dropout(m.dropout)
 
-    def forward(self, x: torch.Tensor, rope, cache=None, start_pos: int = 0) -> torch.Tensor:
-        if cache is None:
-            x = x + self.drop(self.attn(self.norm1(x), rope))
-        else:
-            x = x + self.drop(self.attn(self.norm1(x), rope, cache, start_pos))
+    def forward(self, x: torch.Tensor, rope, cache=None, start_pos: int = 0, shared: Optional[dict] = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), rope, cache, start_pos, shared))
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -67,7 +64,7 @@ class Transformer(nn.Module):
         self.tok_emb = nn.Embedding(vocab_size, m.d_model)
         self.pos_emb = nn.Embedding(m.context, m.d_model) if m.positions == "learned" else None
         self.drop = nn.Dropout(m.dropout)
-        self.blocks = nn.ModuleList(Block(m, spec, family) for _ in range(m.n_layers))
+        self.blocks = nn.ModuleList(Block(m, spec, family, LayerInfo(i, m.n_layers)) for i in range(m.n_layers))
         self.norm = make_norm(m)
         self.head = nn.Linear(m.d_model, vocab_size, bias=False)
         if m.tie_embeddings:
@@ -120,8 +117,9 @@ class Transformer(nn.Module):
             x = x + self.pos_emb(torch.arange(start_pos, start_pos + T, device=idx.device))
         x = self.drop(x)
         rope = self.rope(0, start_pos + T, decoding=cache is not None)
+        shared: dict = {}  # what a layer hands to later layers in this forward (cross-layer K/V)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, None if cache is None else cache[i], start_pos)
+            x = block(x, rope, None if cache is None else cache[i], start_pos, shared)
         return self.head(self.norm(x))
 
 
@@ -135,6 +133,8 @@ def attention_spec(cfg: Config) -> AttentionSpec:
         bias=m.bias,
         dropout=m.dropout,
         causal=cfg.data.causal,
+        share_every=cfg.variant.share_every,
+        kv_shared_layers=cfg.variant.kv_shared_layers,
     )
 
 
@@ -168,7 +168,12 @@ def count_params(model: nn.Module) -> dict[str, int]:
     return {"params/total": total, "params/attention": attention}
 
 
-def kv_cache_bytes_per_token(spec: AttentionSpec, n_layers: int, dtype: torch.dtype) -> int:
-    """Closed-form KV-cache bytes per token, all layers."""
+def kv_cache_bytes_per_token(model: Transformer, dtype: torch.dtype) -> int:
+    """Closed-form KV-cache bytes per token, all layers: what each layer says it caches."""
     itemsize = torch.empty((), dtype=dtype).element_size()
-    return n_layers * spec.kv_cache_values_per_token() * itemsize
+    return sum(block.attn.cache_values_per_token() for block in model.blocks) * itemsize
+
+
+def mha_kv_bytes_per_token(spec: AttentionSpec, n_layers: int, dtype: torch.dtype) -> int:
+    """What `mha` of the same shape caches per token: the reference every saving is quoted against."""
+    return 2 * n_layers * spec.n_heads * spec.d_head * torch.empty((), dtype=dtype).element_size()

@@ -25,7 +25,15 @@ from tqdm.auto import tqdm
 from qkvlab.config import Config, as_dict
 from qkvlab.data import IGNORE, MISSING, build_data, check_same_data
 from qkvlab.model.matching import match_report
-from qkvlab.model import AttentionSpec, attention_spec, build_model, count_params, kv_cache_bytes_per_token, model_vocab
+from qkvlab.model import (
+    AttentionSpec,
+    attention_spec,
+    build_model,
+    count_params,
+    kv_cache_bytes_per_token,
+    mha_kv_bytes_per_token,
+    model_vocab,
+)
 from qkvlab.model.flops import matmul_params, train_flops_per_token
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.budget import resolve_steps, tokens_per_step
@@ -56,9 +64,8 @@ def model_stats(cfg: Config, model, spec: AttentionSpec, precision: str) -> dict
     dtype = compute_dtype(precision)
     # The built model's layer count: a layer-matched control has more layers than configured.
     n_layers = model.cfg.n_layers
-    kv = kv_cache_bytes_per_token(spec, n_layers, dtype)
-    mha = AttentionSpec(**{**spec.__dict__, "sharing": "mha", "n_kv_heads": spec.n_heads})
-    kv_mha = kv_cache_bytes_per_token(mha, n_layers, dtype)
+    kv = kv_cache_bytes_per_token(model, dtype)
+    kv_mha = mha_kv_bytes_per_token(spec, n_layers, dtype)
     return {
         **count_params(model),
         **match_report(cfg, model.cfg, model.vocab_size),

@@ -7,16 +7,18 @@ from qkvlab.model.transformer import kv_cache_bytes_per_token
 from tests.helpers import make_config
 
 SHARINGS = ["mha", "q_eq_k", "k_eq_v", "q_eq_k_eq_v"]
-VARIANTS = SHARINGS + ["gqa", "mqa", "k_eq_v_gqa", "k_eq_v_mqa"]
+VARIANTS = SHARINGS + ["gqa", "mqa", "k_eq_v_gqa", "k_eq_v_mqa", "cla", "k_eq_v_cla", "kv_shared"]
 
 
-def expected_params(m, sharing: str, n_kv: int, vocab: int) -> tuple[int, int]:
-    """Closed-form (total, attention) parameter counts, written independently of the model code."""
+def expected_params(m, sharing: str, n_kv: int, vocab: int, reusing: int = 0) -> tuple[int, int]:
+    """Closed-form (total, attention) parameter counts, written independently of the model code.
+    `reusing` layers take another layer's K/V: they hold only W_Q and W_O."""
     d, H, f, L = m.d_model, m.n_heads, m.d_ff, m.n_layers
     dh = d // H
     heads = {"mha": H + 2 * n_kv, "q_eq_k": 2 * n_kv, "k_eq_v": H + n_kv, "q_eq_k_eq_v": n_kv}[sharing]
     b = 1 if m.bias else 0
-    attn = d * heads * dh + b * heads * dh + H * dh * d + b * d
+    per_layer = lambda h: d * h * dh + b * h * dh + H * dh * d + b * d  # noqa: E731
+    attn = per_layer(heads) * (L - reusing) / L + per_layer(H) * reusing / L
     norm = d * (2 if (m.norm == "layernorm" and m.bias) else 1)
     up = f * (2 if m.mlp == "swiglu" else 1)
     mlp = d * up + b * up + f * d + b * d
@@ -32,7 +34,9 @@ def test_param_count_matches_closed_form(variant, model):
     net = build_model(cfg, vocab_size=128)
     from qkvlab.config import n_kv_heads
 
-    total, attn = expected_params(cfg.model, cfg.variant.sharing, n_kv_heads(cfg), 128)
+    v, L = cfg.variant, cfg.model.n_layers
+    reusing = v.kv_shared_layers if v.kv_shared_layers else L - -(-L // v.share_every)
+    total, attn = expected_params(cfg.model, v.sharing, n_kv_heads(cfg), 128, reusing)
     assert count_params(net) == {"params/total": total, "params/attention": attn}
 
 
@@ -125,13 +129,14 @@ def test_head_sharing_equals_full_heads_with_repeated_kv_weights(variant, sharin
 
 @pytest.mark.parametrize(
     "variant,reduction",
-    [("mha", 0.0), ("q_eq_k", 0.0), ("k_eq_v", 0.5), ("q_eq_k_eq_v", 0.5), ("gqa", 0.75), ("k_eq_v_gqa", 0.875), ("k_eq_v_mqa", 1 - 1 / 32)],
+    [("mha", 0.0), ("q_eq_k", 0.0), ("k_eq_v", 0.5), ("q_eq_k_eq_v", 0.5), ("gqa", 0.75), ("k_eq_v_gqa", 0.875),
+     ("k_eq_v_mqa", 1 - 1 / 32), ("cla", 0.5), ("k_eq_v_cla", 0.75), ("kv_shared", 0.05)],
 )
 def test_kv_cache_bytes_per_token(variant, reduction):
+    """The savings multiply: K=V halves, GQA-4 quarters, CLA2 halves again (20 layers of paper_300m)."""
     cfg = make_config(f"variant={variant}", "model=paper_300m", "data=mqar")
-    from qkvlab.model import attention_spec
-
-    spec = attention_spec(cfg)
+    with torch.device("meta"):
+        model = build_model(cfg, vocab_size=128)
     mha_bytes = 20 * 2 * 1024 * 4  # layers * (K and V) * d_model * fp32
-    assert kv_cache_bytes_per_token(spec, 20, torch.float32) == pytest.approx(mha_bytes * (1 - reduction))
-    assert kv_cache_bytes_per_token(spec, 20, torch.bfloat16) * 2 == kv_cache_bytes_per_token(spec, 20, torch.float32)
+    assert kv_cache_bytes_per_token(model, torch.float32) == pytest.approx(mha_bytes * (1 - reduction))
+    assert kv_cache_bytes_per_token(model, torch.bfloat16) * 2 == kv_cache_bytes_per_token(model, torch.float32)

@@ -42,7 +42,18 @@ def test_measured_cache_bytes_equal_closed_form(variant):
     model = build_model(causal_cfg(variant), vocab_size=50)
     for dtype in (torch.float32, torch.bfloat16):
         cache = KVCache(model, batch=3, max_len=40, dtype=dtype)
-        assert cache.bytes_per_token() == kv_cache_bytes_per_token(model.spec, 2, dtype)
+        assert cache.bytes_per_token() == kv_cache_bytes_per_token(model, dtype) == expected_cache_bytes(model, dtype)
+
+
+def expected_cache_bytes(model, dtype) -> int:
+    """Written apart from the model: layers that compute their own K/V cache K and V, or one S when V = K."""
+    spec, n = model.spec, len(model.blocks)
+    if spec.kv_shared_layers:
+        computing = n - spec.kv_shared_layers
+    else:
+        computing = -(-n // spec.share_every)
+    tensors = 2 if spec.sharing in ("mha", "q_eq_k") else 1
+    return computing * tensors * spec.n_kv_heads * spec.d_head * torch.empty((), dtype=dtype).element_size()
 
 
 def test_k_eq_v_caches_one_unrotated_tensor_per_kv_head():
