@@ -51,6 +51,8 @@ class VariantConfig:
     # K/V of the last layer before them. A reusing layer owns no K/V weights and caches nothing.
     share_every: int = 1
     kv_shared_layers: int = 0
+    # family=expanded: columns of the learned d_head x rank matrix U (null: 3 * d_head).
+    rank: Optional[int] = None
 
 
 @dataclass

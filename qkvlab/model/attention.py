@@ -56,6 +56,8 @@ class AttentionSpec:
     causal: bool
     share_every: int = 1
     kv_shared_layers: int = 0
+    # Expanded attention's U: d_head x rank (None: 3 * d_head).
+    rank: Optional[int] = None
 
     @property
     def d_head(self) -> int:
@@ -130,15 +132,15 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return out
 
 
-def _decode_attention(q, k, v, start_pos: int, enable_gqa: bool) -> torch.Tensor:
+def _decode_attention(q, k, v, start_pos: int, enable_gqa: bool, scale: Optional[float] = None) -> torch.Tensor:
     """Causal attention of T new queries at start_pos.. over all cached keys 0..start_pos+T."""
     T = q.shape[2]
     if T == 1:
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=enable_gqa)
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=enable_gqa, scale=scale)
     if start_pos == 0:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=enable_gqa)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=enable_gqa, scale=scale)
     mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=q.device).tril(diagonal=start_pos)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=enable_gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=enable_gqa, scale=scale)
 
 
 class SharedQKVAttention(nn.Module):
@@ -159,6 +161,17 @@ class SharedQKVAttention(nn.Module):
         self.split = [heads * spec.d_head for _, heads in self.projections]
         self.qkv = nn.Linear(spec.d_model, sum(self.split), bias=spec.bias)
         self.out = nn.Linear(spec.n_heads * spec.d_head, spec.d_model, bias=spec.bias)
+
+    # 1/sqrt of the dimension scores are scaled by; None: SDPA's default, the query's last dimension.
+    score_scale: Optional[float] = None
+
+    def score_space(self, q: torch.Tensor, k: torch.Tensor, pairs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries and keys as the scores see them (`pairs`: in rotary pair layout); a family that
+        changes only the score (expanded attention) overrides this, and the cache keeps plain K."""
+        return q, k
+
+    def init_family(self) -> None:
+        """Initialise what the model's generic init (normal for matrices, ones for gains) must not touch."""
 
     def cache_shapes(self, batch: int, max_len: int) -> list[tuple[int, ...]]:
         """The buffers this layer caches for decoding; none when it reuses another layer's."""
@@ -210,6 +223,7 @@ class SharedQKVAttention(nn.Module):
             q, k, v = self.qkv_from(p, rope)
             if self.feeds:
                 shared[self.layer.index] = (k, v, False)
+        q, k = self.score_space(q, k, False)
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -217,6 +231,7 @@ class SharedQKVAttention(nn.Module):
             dropout_p=self.spec.dropout if self.training else 0.0,
             is_causal=self.spec.causal,
             enable_gqa=self.spec.n_kv_heads != self.spec.n_heads,
+            scale=self.score_scale,
         )
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
@@ -254,7 +269,8 @@ class SharedQKVAttention(nn.Module):
             q = rotate(p["q"], new_rope.cos, new_rope.sin) if "q" in p else k[:, :, start_pos:]
         if self.feeds:
             shared[self.layer.index] = (k, v, pairs)
-        y = _decode_attention(q, k, v, start_pos, gqa)
+        q, k = self.score_space(q, k, pairs)
+        y = _decode_attention(q, k, v, start_pos, gqa, self.score_scale)
         if pairs:
             y = from_pairs(y)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
@@ -279,6 +295,8 @@ def check_model(cfg) -> None:
         )
     if v.share_every > 1 and v.kv_shared_layers:
         raise ConfigError("variant.share_every and variant.kv_shared_layers are two rules for the same thing; set one of them")
+    if v.rank is not None and (v.family != "expanded" or v.rank < 1):
+        raise ConfigError(f"variant.rank={v.rank} is read only by variant.family=expanded, as an integer >= 1; drop it or pick family=expanded")
     if (v.share_every > 1 or v.kv_shared_layers) and v.sharing in ("q_eq_k", "q_eq_k_eq_v"):
         raise ConfigError(
             f"cross-layer KV sharing needs a query projection of its own, but variant.sharing={v.sharing} makes Q the K "

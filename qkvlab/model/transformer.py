@@ -90,6 +90,8 @@ class Transformer(nn.Module):
                 continue
             scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("out.weight", "down.weight")) else 1.0
             nn.init.normal_(p, mean=0.0, std=std * scale)
+        for block in self.blocks:
+            block.attn.init_family()
 
     def rope(self, start: int, length: int, decoding: bool = False) -> Optional[Rope]:
         """Rotary tables for positions start..start+length; decoding adds the complex form
@@ -135,6 +137,7 @@ def attention_spec(cfg: Config) -> AttentionSpec:
         causal=cfg.data.causal,
         share_every=cfg.variant.share_every,
         kv_shared_layers=cfg.variant.kv_shared_layers,
+        rank=cfg.variant.rank,
     )
 
 
