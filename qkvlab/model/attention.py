@@ -58,6 +58,9 @@ class AttentionSpec:
     kv_shared_layers: int = 0
     # Expanded attention's U: d_head x rank (None: 3 * d_head).
     rank: Optional[int] = None
+    # RMSNorm over d_head on queries and keys before RoPE (values stay raw, as in Gemma 4).
+    qk_norm: bool = False
+    norm_eps: float = 1e-5
 
     @property
     def d_head(self) -> int:
@@ -161,6 +164,20 @@ class SharedQKVAttention(nn.Module):
         self.split = [heads * spec.d_head for _, heads in self.projections]
         self.qkv = nn.Linear(spec.d_model, sum(self.split), bias=spec.bias)
         self.out = nn.Linear(spec.n_heads * spec.d_head, spec.d_model, bias=spec.bias)
+        has_q = any(name == "q" for name, _ in self.projections)
+        self.q_norm = nn.RMSNorm(spec.d_head, eps=spec.norm_eps) if spec.qk_norm and has_q else None
+        self.k_norm = nn.RMSNorm(spec.d_head, eps=spec.norm_eps) if spec.qk_norm and not self.reuses else None
+
+    def _nq(self, q: torch.Tensor) -> torch.Tensor:
+        return q if self.q_norm is None else self.q_norm(q)
+
+    def _nk(self, k: torch.Tensor, pairs: bool = False) -> torch.Tensor:
+        """The key path's norm; in pair layout its gains are permuted like the features."""
+        if self.k_norm is None:
+            return k
+        if not pairs:
+            return self.k_norm(k)
+        return F.rms_norm(k, (k.shape[-1],), to_pairs(self.k_norm.weight).to(k.dtype), self.k_norm.eps)
 
     # 1/sqrt of the dimension scores are scaled by; None: SDPA's default, the query's last dimension.
     score_scale: Optional[float] = None
@@ -197,9 +214,11 @@ class SharedQKVAttention(nn.Module):
         """Queries, keys and values from the projections; V is always the unrotated tensor."""
         shared_k = p["k"]
         v = p.get("v", shared_k)
-        k = rotate(shared_k, rope.cos, rope.sin) if rope is not None else shared_k
+        k = self._nk(shared_k)
+        k = rotate(k, rope.cos, rope.sin) if rope is not None else k
         if "q" in p:
-            q = rotate(p["q"], rope.cos, rope.sin) if rope is not None else p["q"]
+            q = self._nq(p["q"])
+            q = rotate(q, rope.cos, rope.sin) if rope is not None else q
         else:
             q = k
         return q, k, v
@@ -218,7 +237,8 @@ class SharedQKVAttention(nn.Module):
         p = self.project(x)
         if self.reuses:
             k, v, _ = shared[self.source]
-            q = rotate(p["q"], rope.cos, rope.sin) if rope is not None else p["q"]
+            q = self._nq(p["q"])
+            q = rotate(q, rope.cos, rope.sin) if rope is not None else q
         else:
             q, k, v = self.qkv_from(p, rope)
             if self.feeds:
@@ -250,23 +270,24 @@ class SharedQKVAttention(nn.Module):
         gqa = self.spec.n_kv_heads != self.spec.n_heads
         if self.reuses:
             k, v, pairs = shared[self.source]
-            q = p["q"]
+            q = self._nq(p["q"])
             if rope is not None:
                 q = rotate_pairs(to_pairs(q).to(k.dtype), new_rope.cis) if pairs else rotate(q, new_rope.cos, new_rope.sin)
         elif self.spec.cached_tensors == 2:
             q, k, v = self.qkv_from(p, new_rope)
             (k, v), pairs = cache.update(start_pos, [k, v]), False
         elif rope is None:
-            (k,) = cache.update(start_pos, [p["k"]])
-            q, v, pairs = p.get("q", k[:, :, start_pos:]), k, False
+            (v,) = cache.update(start_pos, [p["k"]])
+            k, pairs = self._nk(v), False
+            q = self._nq(p["q"]) if "q" in p else k[:, :, start_pos:]
         elif rope.cis is not None and cache.dtype in (torch.float32, torch.float64):
             (v,) = cache.update(start_pos, [to_pairs(p["k"])])
-            k, pairs = rotate_pairs(v, rope.cis), True
-            q = rotate_pairs(to_pairs(p["q"]).to(cache.dtype), new_rope.cis) if "q" in p else k[:, :, start_pos:]
+            k, pairs = rotate_pairs(self._nk(v, pairs=True), rope.cis), True
+            q = rotate_pairs(to_pairs(self._nq(p["q"])).to(cache.dtype), new_rope.cis) if "q" in p else k[:, :, start_pos:]
         else:
             (v,) = cache.update(start_pos, [p["k"]])
-            k, pairs = rotate(v, rope.cos, rope.sin), False
-            q = rotate(p["q"], new_rope.cos, new_rope.sin) if "q" in p else k[:, :, start_pos:]
+            k, pairs = rotate(self._nk(v), rope.cos, rope.sin), False
+            q = rotate(self._nq(p["q"]), new_rope.cos, new_rope.sin) if "q" in p else k[:, :, start_pos:]
         if self.feeds:
             shared[self.layer.index] = (k, v, pairs)
         q, k = self.score_space(q, k, pairs)

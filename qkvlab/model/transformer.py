@@ -138,6 +138,8 @@ def attention_spec(cfg: Config) -> AttentionSpec:
         share_every=cfg.variant.share_every,
         kv_shared_layers=cfg.variant.kv_shared_layers,
         rank=cfg.variant.rank,
+        qk_norm=cfg.variant.qk_norm,
+        norm_eps=m.norm_eps,
     )
 
 
