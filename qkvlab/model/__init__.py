@@ -1,3 +1,4 @@
+import qkvlab.model.differential  # noqa: F401 - registers family=differential
 import qkvlab.model.expanded  # noqa: F401 - registers family=expanded
 from qkvlab.model.attention import FAMILIES, AttentionSpec, LayerInfo, SharedQKVAttention, check_model
 from qkvlab.model.transformer import (

@@ -182,6 +182,16 @@ class SharedQKVAttention(nn.Module):
     # 1/sqrt of the dimension scores are scaled by; None: SDPA's default, the query's last dimension.
     score_scale: Optional[float] = None
 
+    @property
+    def rope_dim(self) -> int:
+        """The size of the vectors RoPE rotates: the model builds its rotary tables for it."""
+        return self.spec.d_head
+
+    def score_flops_per_token(self, seq_len: int) -> int:
+        """Training FLOPs per token of scores and mixing (QK^T and AV, forward and backward)
+        over a context of seq_len, counted in full as in PaLM's MFU."""
+        return 12 * self.spec.n_heads * self.spec.d_head * seq_len
+
     def score_space(self, q: torch.Tensor, k: torch.Tensor, pairs: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries and keys as the scores see them (`pairs`: in rotary pair layout); a family that
         changes only the score (expanded attention) overrides this, and the cache keeps plain K."""
@@ -316,6 +326,12 @@ def check_model(cfg) -> None:
         )
     if v.share_every > 1 and v.kv_shared_layers:
         raise ConfigError("variant.share_every and variant.kv_shared_layers are two rules for the same thing; set one of them")
+    if v.family == "differential":
+        from qkvlab.model.differential import check_differential
+
+        problem = check_differential(cfg)
+        if problem:
+            raise ConfigError(problem)
     if v.rank is not None and (v.family != "expanded" or v.rank < 1):
         raise ConfigError(f"variant.rank={v.rank} is read only by variant.family=expanded, as an integer >= 1; drop it or pick family=expanded")
     if (v.share_every > 1 or v.kv_shared_layers) and v.sharing in ("q_eq_k", "q_eq_k_eq_v"):

@@ -2,14 +2,16 @@
 
 Per token, a training step (forward + backward = 3x forward) costs
 
-    6 * N_matmul  +  12 * n_layers * n_heads * d_head * T
+    6 * N_matmul  +  sum over layers of the family's score FLOPs (12 * n_heads * d_head * T)
 
 N_matmul counts the weights of every Linear, the output head included (a tied
 head is still a matmul) and embeddings excluded (a lookup is no FLOP). The
 second term is QK^T and AV over a context of T tokens, counted in full as in
 PaLM's MFU (causal masking is not discounted), so figures compare across codes.
 Projection sharing shrinks N_matmul; the attention term is the same for every
-sharing pattern because scores and mixing are still computed for all heads.
+sharing pattern because scores and mixing are still computed for all heads; a family
+whose scores cost more (differential attention runs AV twice: 18 instead of 12) says so
+in its `score_flops_per_token`.
 """
 
 from __future__ import annotations
@@ -27,15 +29,10 @@ def matmul_params(model: nn.Module) -> int:
     return total
 
 
-def attention_flops_per_token(n_layers: int, n_heads: int, d_head: int, seq_len: int) -> int:
-    return 12 * n_layers * n_heads * d_head * seq_len
-
-
 def train_flops_per_token(model: nn.Module, seq_len: int) -> int:
-    spec = model.spec
-    return 6 * matmul_params(model) + attention_flops_per_token(
-        len(model.blocks), spec.n_heads, spec.d_head, seq_len
-    )
+    """Every layer's attention counts its own score FLOPs (`score_flops_per_token`): a family that
+    computes two maps (differential) or two passes says so there."""
+    return 6 * matmul_params(model) + sum(block.attn.score_flops_per_token(seq_len) for block in model.blocks)
 
 
 def forward_flops_per_token(model: nn.Module, seq_len: int) -> int:

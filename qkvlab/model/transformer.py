@@ -70,7 +70,7 @@ class Transformer(nn.Module):
         if m.tie_embeddings:
             self.head.weight = self.tok_emb.weight
         if m.positions == "rope":
-            d = spec.d_head
+            d = self.blocks[0].attn.rope_dim
             inv = 1.0 / (m.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
             angles = torch.outer(torch.arange(m.context, dtype=torch.float32), inv)
             angles = torch.cat((angles, angles), dim=-1)
