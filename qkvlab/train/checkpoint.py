@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import torch
 
 from qkvlab import __version__
-from qkvlab.files import replace_atomically
+from qkvlab.files import replace_atomically, write_text_atomic
 from qkvlab.config import FORMAT_VERSION, Config, as_dict
 from qkvlab.errors import ConfigError
 
@@ -109,15 +109,11 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
             os.fsync(f.fileno())
         replace_atomically(side_tmp, side)
         replace_atomically(tmp, path)
-    except RuntimeError as exc:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
         side_tmp.unlink(missing_ok=True)
-        if sink is not None and sink.error is not None:
+        if isinstance(exc, RuntimeError) and sink is not None and sink.error is not None:
             raise sink.error from exc
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        side_tmp.unlink(missing_ok=True)
         raise
 
 
@@ -160,9 +156,7 @@ def mark_final(path: Path) -> Path:
         import shutil
 
         shutil.copyfile(path, tmp)
-    side_tmp = sum_path(final).with_name(sum_path(final).name + ".tmp")
-    side_tmp.write_text(sum_path(path).read_text())
-    replace_atomically(side_tmp, sum_path(final))
+    write_text_atomic(sum_path(final), sum_path(path).read_text())
     replace_atomically(tmp, final)
     return final
 
