@@ -17,6 +17,23 @@ from qkvlab.config import flatten
 from qkvlab.runlock import is_held
 
 
+RUN_FILE = "run.json"
+
+
+def read_run_meta(run_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """run.json's contents ({} when absent) and why it could not be read, if it could not."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        return {}, None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return {}, f"{path} is unreadable ({exc})"
+    if not isinstance(meta, dict):
+        return {}, f"{path} is unreadable (not a JSON object)"
+    return meta, None
+
+
 @dataclass
 class Run:
     path: Path
@@ -44,11 +61,8 @@ class Run:
     @cached_property
     def run_id(self) -> str | None:
         """The id chosen once per run directory (run.json's `wandb_id`); `cp -r` copies it, a re-run does not."""
-        try:
-            meta = json.loads((self.path / "run.json").read_text())
-        except (OSError, ValueError):
-            return None
-        value = meta.get("wandb_id") if isinstance(meta, dict) else None
+        meta, _ = read_run_meta(self.path)
+        value = meta.get("wandb_id")
         return str(value) if value else None
 
     @property

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 from qkvlab import __version__
 from qkvlab.config import FORMAT_VERSION
 from qkvlab.errors import ConfigError
-from qkvlab.rundir import read_metrics
+from qkvlab.rundir import RUN_FILE, read_metrics, read_run_meta
 from qkvlab.files import write_json_atomic, write_text_atomic
 from qkvlab.train.checkpoint import (
     CHECKPOINTS,
@@ -33,7 +33,6 @@ from qkvlab.train.checkpoint import (
     version_problem,
 )
 
-RUN_FILE = "run.json"
 METRICS = "metrics.jsonl"
 
 
@@ -43,13 +42,11 @@ def new_run_id() -> str:
 
 
 def read_run_file(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / RUN_FILE
-    if not path.exists():
+    meta, problem = read_run_meta(run_dir)
+    if problem:
+        raise ConfigError(f"{problem}; delete it to start this run directory afresh")
+    if not (Path(run_dir) / RUN_FILE).exists():
         return {}
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path} is unreadable ({exc}); delete it to start this run directory afresh") from exc
     problem = version_problem(f"run directory {run_dir}", meta.get("format_version", 0), "train in a new run directory")
     if problem:
         raise ConfigError(problem)

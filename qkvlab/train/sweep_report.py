@@ -20,6 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from qkvlab.files import write_json_atomic
 from qkvlab.rundir import Run, find_runs
 
 _failed: list[Run] = []
@@ -49,7 +50,7 @@ def record_refused(sweep_dir: Path, run_dir: Path, status: str, error: str) -> N
     folder = Path(sweep_dir) / REFUSED
     folder.mkdir(parents=True, exist_ok=True)
     note = {"path": str(Path(run_dir).resolve()), "status": status, "error": error}
-    (folder / f"{os.getpid()}-{time.time_ns()}.json").write_text(json.dumps(note))
+    write_json_atomic(folder / f"{os.getpid()}-{time.time_ns()}.json", note)
 
 
 def _refused_since(root: Path, started: float) -> list[Run]:
