@@ -55,6 +55,12 @@ class VariantConfig:
     rank: Optional[int] = None
     # RMSNorm over d_head on queries and keys before RoPE; with k_eq_v only the key path (values stay S).
     qk_norm: bool = False
+    # family=routed: query heads each token picks per KV group (null: 2), and heads per group always on (null: 0).
+    top_k: Optional[int] = None
+    shared_heads: Optional[int] = None
+    # Weight of the family's auxiliary losses in the training loss (null: the family's default; only
+    # families that add one, e.g. routed's load balance, take it).
+    aux_weight: Optional[float] = None
 
 
 @dataclass

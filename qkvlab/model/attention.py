@@ -61,6 +61,9 @@ class AttentionSpec:
     # RMSNorm over d_head on queries and keys before RoPE (values stay raw, as in Gemma 4).
     qk_norm: bool = False
     norm_eps: float = 1e-5
+    # Routed query heads: heads each token picks per KV group, and heads per group always on (None: defaults).
+    top_k: Optional[int] = None
+    shared_heads: Optional[int] = None
 
     @property
     def d_head(self) -> int:
@@ -91,6 +94,20 @@ class AttentionSpec:
     def cached_tensors(self) -> int:
         """Tensors per KV head a decoder caches: K and V, or one when V is K's input."""
         return 2 if self.sharing in ("mha", "q_eq_k") else 1
+
+
+AUX = "aux"
+
+
+def add_aux(shared: Optional[dict], name: str, value: torch.Tensor) -> None:
+    """Add a family's auxiliary loss to this forward's total under `name` (summed over layers).
+
+    The training loop adds aux_weight x each total to the loss and logs it as train/aux/<name>;
+    `shared` is None when nobody collects (a bare layer call), and then this does nothing."""
+    if shared is None:
+        return
+    aux = shared.setdefault(AUX, {})
+    aux[name] = aux[name] + value if name in aux else value
 
 
 class Rope(NamedTuple):
@@ -192,6 +209,23 @@ class SharedQKVAttention(nn.Module):
         over a context of seq_len, counted in full as in PaLM's MFU."""
         return 12 * self.spec.n_heads * self.spec.d_head * seq_len
 
+    def attend(self, x, q, k, v, start_pos: int, decoding: bool, shared: Optional[dict]) -> torch.Tensor:
+        """Attention of the queries (B, H, T, d) over the keys and values (B, kv, S, d), per query head;
+        a family that changes which heads run or how they mix (routed heads) overrides this.
+        `x` is the layer's input, `decoding` says whether k and v are the cache."""
+        gqa = k.shape[1] != q.shape[1]
+        if decoding:
+            return _decode_attention(q, k, v, start_pos, gqa, self.score_scale)
+        return F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            dropout_p=self.spec.dropout if self.training else 0.0,
+            is_causal=self.spec.causal,
+            enable_gqa=gqa,
+            scale=self.score_scale,
+        )
+
     def score_space(self, q: torch.Tensor, k: torch.Tensor, pairs: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Queries and keys as the scores see them (`pairs`: in rotary pair layout); a family that
         changes only the score (expanded attention) overrides this, and the cache keeps plain K."""
@@ -254,15 +288,7 @@ class SharedQKVAttention(nn.Module):
             if self.feeds:
                 shared[self.layer.index] = (k, v, False)
         q, k = self.score_space(q, k, False)
-        y = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            dropout_p=self.spec.dropout if self.training else 0.0,
-            is_causal=self.spec.causal,
-            enable_gqa=self.spec.n_kv_heads != self.spec.n_heads,
-            scale=self.score_scale,
-        )
+        y = self.attend(x, q, k, v, start_pos, False, shared)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
     def forward_cached(self, x, rope: Optional[Rope], cache: "LayerKVCache", start_pos: int, shared: dict) -> torch.Tensor:
@@ -277,7 +303,6 @@ class SharedQKVAttention(nn.Module):
         B, T, _ = x.shape
         p = self.project(x)
         new_rope = None if rope is None else rope.at(start_pos)
-        gqa = self.spec.n_kv_heads != self.spec.n_heads
         if self.reuses:
             k, v, pairs = shared[self.source]
             q = self._nq(p["q"])
@@ -301,7 +326,7 @@ class SharedQKVAttention(nn.Module):
         if self.feeds:
             shared[self.layer.index] = (k, v, pairs)
         q, k = self.score_space(q, k, pairs)
-        y = _decode_attention(q, k, v, start_pos, gqa, self.score_scale)
+        y = self.attend(x, q, k, v, start_pos, True, shared)
         if pairs:
             y = from_pairs(y)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
@@ -332,6 +357,16 @@ def check_model(cfg) -> None:
         problem = check_differential(cfg)
         if problem:
             raise ConfigError(problem)
+    if v.family == "routed":
+        from qkvlab.model.routed import check_routed
+
+        problem = check_routed(cfg)
+        if problem:
+            raise ConfigError(problem)
+    elif v.top_k is not None or v.shared_heads is not None:
+        key = "top_k" if v.top_k is not None else "shared_heads"
+        raise ConfigError(f"variant.{key}={getattr(v, key)} is read only by variant.family=routed; drop it or pick family=routed")
+    check_aux_weight(cfg)
     if v.rank is not None and (v.family != "expanded" or v.rank < 1):
         raise ConfigError(f"variant.rank={v.rank} is read only by variant.family=expanded, as an integer >= 1; drop it or pick family=expanded")
     if (v.share_every > 1 or v.kv_shared_layers) and v.sharing in ("q_eq_k", "q_eq_k_eq_v"):
@@ -343,3 +378,26 @@ def check_model(cfg) -> None:
         raise ConfigError(f"model.vocab_multiple={cfg.model.vocab_multiple} is out of range; it must be >= 1")
     if cfg.model.vocab_size is not None and cfg.model.vocab_size < 1:
         raise ConfigError(f"model.vocab_size={cfg.model.vocab_size} is out of range; it must be >= 1, or null for the data's")
+
+
+def check_aux_weight(cfg) -> None:
+    from qkvlab.errors import ConfigError
+
+    v = cfg.variant
+    if v.aux_weight is None:
+        return
+    names = getattr(FAMILIES[v.family], "aux_losses", ())
+    if not names:
+        raise ConfigError(
+            f"variant.aux_weight={v.aux_weight} weighs auxiliary losses, and variant.family={v.family} adds none; "
+            "drop it (families with one: " + ", ".join(n for n, f in FAMILIES.items() if getattr(f, "aux_losses", ())) + ")"
+        )
+    if not (0 <= v.aux_weight <= 1e3):
+        raise ConfigError(f"variant.aux_weight={v.aux_weight} is out of range; it must be in [0, 1000] (0 logs the losses without training on them)")
+
+
+def aux_weight(cfg) -> float:
+    """The weight of each auxiliary loss in the training loss: variant.aux_weight, else the family's default."""
+    if cfg.variant.aux_weight is not None:
+        return float(cfg.variant.aux_weight)
+    return float(getattr(FAMILIES[cfg.variant.family], "default_aux_weight", 0.0))

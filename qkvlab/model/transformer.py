@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkvlab.config import Config, ModelConfig, n_kv_heads
-from qkvlab.model.attention import FAMILIES, AttentionSpec, LayerInfo, Rope
+from qkvlab.model.attention import AUX, FAMILIES, AttentionSpec, LayerInfo, Rope
 
 if TYPE_CHECKING:
     from qkvlab.model.kv_cache import KVCache
@@ -111,18 +111,28 @@ class Transformer(nn.Module):
             self._cis = (key, torch.complex(self.rope_cos[:, :h], self.rope_sin[:, :h]))
         return self._cis[1]
 
-    def forward(self, idx: torch.Tensor, cache: Optional["KVCache"] = None, start_pos: int = 0) -> torch.Tensor:
-        """Logits for `idx`; with a `cache`, `idx` holds the tokens at start_pos.. and the cache the ones before."""
+    def forward(
+        self, idx: torch.Tensor, cache: Optional["KVCache"] = None, start_pos: int = 0, shared: Optional[dict] = None
+    ) -> torch.Tensor:
+        """Logits for `idx`; with a `cache`, `idx` holds the tokens at start_pos.. and the cache the ones before.
+        `shared` (default: a fresh dict) is what layers hand each other in this forward."""
         T = idx.shape[1]
         x = self.tok_emb(idx)
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start_pos, start_pos + T, device=idx.device))
         x = self.drop(x)
         rope = self.rope(0, start_pos + T, decoding=cache is not None)
-        shared: dict = {}  # what a layer hands to later layers in this forward (cross-layer K/V)
+        shared = {} if shared is None else shared  # cross-layer K/V by layer index, auxiliary losses under AUX
         for i, block in enumerate(self.blocks):
             x = block(x, rope, None if cache is None else cache[i], start_pos, shared)
         return self.head(self.norm(x))
+
+    def forward_with_aux(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits and the auxiliary losses the layers added (each summed over layers): what training and
+        evaluation call, so `forward` stays logits only for decoding, generate and bench."""
+        shared: dict = {}
+        logits = self(idx, shared=shared)
+        return logits, dict(shared.get(AUX, {}))
 
 
 def attention_spec(cfg: Config) -> AttentionSpec:
@@ -139,6 +149,8 @@ def attention_spec(cfg: Config) -> AttentionSpec:
         kv_shared_layers=cfg.variant.kv_shared_layers,
         rank=cfg.variant.rank,
         qk_norm=cfg.variant.qk_norm,
+        top_k=cfg.variant.top_k,
+        shared_heads=cfg.variant.shared_heads,
         norm_eps=m.norm_eps,
     )
 

@@ -15,7 +15,8 @@ from qkvlab.data.source import IGNORE, Batch
 def evaluate(
     model, batches: Iterable[Batch], device: torch.device, amp, exact_match: bool, stop: Optional[Callable[[], bool]] = None
 ) -> Optional[dict[str, float]]:
-    """Loss is the mean over every scored position of the split; ppl is exp of it.
+    """Loss is the mean over every scored position of the split; ppl is exp of it. A family's
+    auxiliary losses come out as val/aux/<name>, their mean over the batches.
 
     None when `stop()` turned true between batches: a preempted run must not wait
     for a validation pass that can take minutes."""
@@ -24,15 +25,19 @@ def evaluate(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     exact = torch.zeros((), dtype=torch.int64, device=device)
-    scored, rows = 0, 0
+    aux_sum: dict[str, torch.Tensor] = {}
+    scored, rows, n_batches = 0, 0, 0
     for x, y in batches:
         if stop is not None and stop():
             model.train(was_training)
             return None
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with amp:
-            logits = model(x)
+            logits, aux = model.forward_with_aux(x)
         logits = logits.float()
+        for name, value in aux.items():
+            aux_sum[name] = aux_sum.get(name, 0.0) + value.double()
+        n_batches += 1
         mask = y != IGNORE
         loss_sum += F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
         hit = (logits.argmax(-1) == y) & mask
@@ -47,4 +52,5 @@ def evaluate(
     out = {"val/loss": loss, "val/ppl": math.exp(min(loss, 700.0)), "val/acc": int(correct) / max(1, scored)}
     if exact_match:
         out["val/exact_match"] = int(exact) / max(1, rows)
+    out.update({f"val/aux/{name}": float(total) / n_batches for name, total in aux_sum.items()})
     return out

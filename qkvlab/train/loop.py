@@ -6,6 +6,12 @@ the loop never waits for the GPU between log points; elsewhere the skip is a
 host decision, one scalar read per step, which costs nothing on a CPU. All
 loop state lives in `LoopState`, so a checkpoint taken at any step boundary
 resumes bit for bit.
+
+A family may add auxiliary losses (`Transformer.forward_with_aux`): the step
+minimises cross-entropy + variant.aux_weight x each of them, train/loss stays
+the cross-entropy alone (so it compares across families), and each auxiliary
+loss is logged unweighted as train/aux/<name>, its mean over the window's
+finite steps, like train/loss.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from qkvlab.model import (
     mha_kv_bytes_per_token,
     model_vocab,
 )
+from qkvlab.model.attention import aux_weight
 from qkvlab.model.flops import matmul_params, train_flops_per_token
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.budget import resolve_steps, tokens_per_step
@@ -75,6 +82,10 @@ def model_stats(cfg: Config, model, spec: AttentionSpec, precision: str) -> dict
         "n_kv_heads": spec.n_kv_heads,
         "params/matmul": matmul_params(model),
         "compute/flops_per_token": train_flops_per_token(model, cfg.data.seq_len),
+        # Query heads whose scores are computed, as a fraction of all (routed heads run fewer).
+        "attention/query_heads_computed": sum(
+            getattr(block.attn, "query_heads_computed", spec.n_heads) for block in model.blocks
+        ) / (len(model.blocks) * spec.n_heads),
     }
 
 
@@ -88,6 +99,8 @@ class LoopState:
     val: dict[str, float] = field(default_factory=dict)
     last_train: dict[str, float] = field(default_factory=dict)
     window_loss: float = 0.0
+    # Sums over the window's finite steps of each auxiliary loss, by name.
+    window_aux: dict[str, float] = field(default_factory=dict)
     window_finite: int = 0
     window_steps: int = 0
     train_time: float = 0.0
@@ -136,7 +149,10 @@ class Trainer:
         self.cfg = cfg = resolve_steps(cfg, matmul_params(self.model))
         self.optimizer = make_optimizer(self.model, cfg.optim, self.device)
         self.skip_on_device = bool(self.optimizer.defaults.get("fused"))
-        self.step_fn = torch.compile(self.model) if cfg.train.compile else self.model
+        self.step_fn = torch.compile(self.model.forward_with_aux) if cfg.train.compile else self.model.forward_with_aux
+        self.aux_weight = aux_weight(cfg)
+        # The last step's auxiliary losses (means over its micro-batches), device tensors by name.
+        self.last_aux: dict[str, torch.Tensor] = {}
         self.info = RunInfo(
             device=str(self.device),
             precision=self.precision,
@@ -190,15 +206,20 @@ class Trainer:
         """One optimizer step over grad_accum micro-batches: the bare model step bench times."""
         cfg = self.cfg
         total = torch.zeros((), device=self.device)
+        aux_total: dict[str, torch.Tensor] = {}
         for x, y in batches:
             if self.device.type == "cuda" and x.device.type == "cpu":
                 # Pinned host memory makes the copy asynchronous: the host runs ahead of the GPU.
                 x, y = x.pin_memory(), y.pin_memory()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.amp:
-                logits = self.step_fn(x)
+                logits, aux = self.step_fn(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-            (loss / cfg.train.grad_accum).backward()
+            objective = loss
+            for name, value in aux.items():
+                objective = objective + self.aux_weight * value.float()
+                aux_total[name] = aux_total.get(name, 0.0) + value.detach().float()
+            (objective / cfg.train.grad_accum).backward()
             total += loss.detach()
         params = [p for p in self.model.parameters() if p.grad is not None]
         if cfg.optim.grad_clip > 0:
@@ -206,7 +227,10 @@ class Trainer:
         else:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         mean = total / cfg.train.grad_accum
+        self.last_aux = {name: value / cfg.train.grad_accum for name, value in aux_total.items()}
         finite = torch.isfinite(mean) & torch.isfinite(norm)
+        for value in self.last_aux.values():
+            finite = finite & torch.isfinite(value)
         if self.skip_on_device:
             self.optimizer.found_inf = (~finite).float()
             self.optimizer.step()
@@ -273,6 +297,7 @@ class Trainer:
         segment_start = time.perf_counter()
         wall_before = st.wall_time
         window_loss = torch.tensor(st.window_loss, device=self.device)
+        window_aux = {name: torch.tensor(v, device=self.device) for name, v in st.window_aux.items()}
         window_time = 0.0
         bar = tqdm(total=t.steps, initial=st.step, desc=f"{cfg.variant.name}", unit="step", disable=not t.progress, dynamic_ncols=True)
         tick = time.perf_counter()
@@ -288,6 +313,8 @@ class Trainer:
             st.step = done
             st.window_steps += 1
             window_loss += torch.where(finite, loss, 0.0)
+            for name, value in self.last_aux.items():
+                window_aux[name] = window_aux.get(name, 0.0) + torch.where(finite, value, 0.0)
             pending.append((done, finite))
             log_now = done % t.log_every == 0 or done == t.steps
             eval_now = done % t.eval_every == 0 or done == t.steps
@@ -305,6 +332,10 @@ class Trainer:
                     "lr": lr_at(step, t.steps, cfg.optim),
                     "throughput/tokens_per_s": st.window_steps * self.tokens_per_step / max(window_time, 1e-9),
                     "train/nonfinite_skipped": st.nonfinite_skipped,
+                    **{
+                        f"train/aux/{name}": float(summed) / st.window_finite if st.window_finite else float("nan")
+                        for name, summed in window_aux.items()
+                    },
                 }
                 writer.log(done, done * self.tokens_per_step, st.last_train)
                 bar.set_postfix(
@@ -314,11 +345,13 @@ class Trainer:
                     refresh=False,
                 )
                 window_loss = torch.zeros((), device=self.device)
+                window_aux = {name: torch.zeros((), device=self.device) for name in window_aux}
                 st.window_finite, st.window_steps, window_time = 0, 0, 0.0
                 tick = time.perf_counter()
             if eval_now:
                 window_time += time.perf_counter() - tick
                 st.window_loss = float(window_loss)
+                st.window_aux = {name: float(total) for name, total in window_aux.items()}
                 st.wall_time = wall_before + time.perf_counter() - segment_start
                 try:
                     self._evaluate_step(writer, stop)
@@ -331,6 +364,7 @@ class Trainer:
             if save_now:
                 window_time += time.perf_counter() - tick
                 st.window_loss = float(window_loss)
+                st.window_aux = {name: float(total) for name, total in window_aux.items()}
                 st.wall_time = wall_before + time.perf_counter() - segment_start
                 self.save()
                 tick = time.perf_counter()
@@ -353,6 +387,7 @@ class Trainer:
             **st.val,
             **st.best,
             "train/loss": st.last_train.get("train/loss"),
+            **{k: v for k, v in st.last_train.items() if k.startswith("train/aux/")},
             "train/nonfinite_skipped": st.nonfinite_skipped,
             "step": t.steps,
             "tokens": tokens,

@@ -1,5 +1,7 @@
 import json
 
+import torch
+
 from qkvlab.train.run import run
 
 from tests.helpers import make_config
@@ -87,3 +89,38 @@ def test_a_run_whose_final_validation_is_not_finite_is_never_completed(tmp_path,
         run(make_config(*FAST, "train.checkpoint_every=30"), tmp_path)
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
     assert not (tmp_path / "checkpoints" / "final.pt").exists()
+
+
+def test_an_auxiliary_loss_is_logged_under_its_name_in_training_and_validation(tmp_path):
+    s = run(make_config(*FAST, "train.steps=20", "train.eval_every=10", "variant=routed"), tmp_path)
+    rows = _losses(tmp_path)
+    train = [r["train/aux/load_balance"] for r in rows if "train/loss" in r]
+    val = [r["val/aux/load_balance"] for r in rows if "val/loss" in r]
+    assert len(train) == 2 and len(val) == 2
+    assert all(0 < v < 4 for v in train + val)  # (g - s) x sum f_i P_i: 1 balanced, at most g - s = 3
+    assert s["train/aux/load_balance"] == train[-1] and s["val/aux/load_balance"] == val[-1]
+
+
+def test_the_step_minimises_cross_entropy_plus_the_weighted_auxiliary_loss(tmp_path):
+    """train/loss is the cross-entropy alone; aux_weight changes the update, not the logged loss."""
+    from qkvlab.train.loop import Trainer
+
+    def one_step(weight: str):
+        trainer = Trainer(make_config(*FAST, "variant=routed", f"variant.aux_weight={weight}"), tmp_path / weight)
+        loss, finite = trainer.update([trainer.data.train_batch(0, 0)])
+        return float(loss), bool(finite), float(trainer.last_aux["load_balance"]), trainer.model.blocks[0].attn.router.weight
+
+    plain, weighted = one_step("0"), one_step("1")
+    assert plain[:3] == weighted[:3] and plain[1]
+    assert not torch.equal(plain[3], weighted[3])
+
+
+def test_a_run_resumed_mid_window_logs_the_same_auxiliary_means(tmp_path):
+    """The checkpoint at step 3 falls inside the window logged at step 5: its partial sums travel in LoopState."""
+    steps = ("variant=routed", "train.steps=10", "train.log_every=5", "train.eval_every=10", "train.checkpoint_every=3")
+    run(make_config(*FAST, *steps, "train.keep_checkpoints=5"), tmp_path / "a")
+    resumed = tmp_path / "a" / "checkpoints" / "step_00000003.pt"
+    run(make_config(*FAST, *steps, "train.keep_checkpoints=5", f"train.resume={resumed}"), tmp_path / "b")
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("throughput")} for r in rows]
+    assert strip(_losses(tmp_path / "b")) == strip(_losses(tmp_path / "a"))
+    assert any("train/aux/load_balance" in r for r in _losses(tmp_path / "b"))
