@@ -53,6 +53,8 @@ class VariantConfig:
     kv_shared_layers: int = 0
     # family=expanded: columns of the learned d_head x rank matrix U (null: 3 * d_head).
     rank: Optional[int] = None
+    # family=loop: keys (the token itself included) the second pass's local attention sees (null: 64).
+    window: Optional[int] = None
     # RMSNorm over d_head on queries and keys before RoPE; with k_eq_v only the key path (values stay S).
     qk_norm: bool = False
     # family=routed: query heads each token picks per KV group (null: 2), and heads per group always on (null: 0).

@@ -58,6 +58,8 @@ class AttentionSpec:
     kv_shared_layers: int = 0
     # Expanded attention's U: d_head x rank (None: 3 * d_head).
     rank: Optional[int] = None
+    # Loop attention's sliding window over the second pass's own K/V (None: 64).
+    window: Optional[int] = None
     # RMSNorm over d_head on queries and keys before RoPE (values stay raw, as in Gemma 4).
     qk_norm: bool = False
     norm_eps: float = 1e-5
@@ -357,6 +359,14 @@ def check_model(cfg) -> None:
         problem = check_differential(cfg)
         if problem:
             raise ConfigError(problem)
+    if v.family == "loop":
+        from qkvlab.model.loop import check_loop
+
+        problem = check_loop(cfg)
+        if problem:
+            raise ConfigError(problem)
+    if v.window is not None and (v.family != "loop" or v.window < 1):
+        raise ConfigError(f"variant.window={v.window} is read only by variant.family=loop, as an integer >= 1; drop it or pick family=loop")
     if v.family == "routed":
         from qkvlab.model.routed import check_routed
 

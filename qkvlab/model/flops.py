@@ -11,7 +11,8 @@ PaLM's MFU (causal masking is not discounted), so figures compare across codes.
 Projection sharing shrinks N_matmul; the attention term is the same for every
 sharing pattern because scores and mixing are still computed for all heads; a family
 whose scores cost more (differential attention runs AV twice: 18 instead of 12) says so
-in its `score_flops_per_token`.
+in its `score_flops_per_token`. A model that runs its stack twice (`passes = 2`, loop
+attention) counts every block's matmuls twice: N_matmul becomes N_head + passes * N_blocks.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ def matmul_params(model: nn.Module) -> int:
 
 
 def train_flops_per_token(model: nn.Module, seq_len: int) -> int:
-    """Every layer's attention counts its own score FLOPs (`score_flops_per_token`): a family that
-    computes two maps (differential) or two passes says so there."""
-    return 6 * matmul_params(model) + sum(block.attn.score_flops_per_token(seq_len) for block in model.blocks)
+    """Every layer's attention counts its own score FLOPs (`score_flops_per_token`, all passes): a
+    family that computes two maps (differential) or two passes says so there. A model that runs its
+    stack `passes` times (loop attention) pays every block's matmuls that many times; the output
+    head runs once."""
+    extra = (getattr(model, "passes", 1) - 1) * matmul_params(model.blocks)
+    return 6 * (matmul_params(model) + extra) + sum(block.attn.score_flops_per_token(seq_len) for block in model.blocks)
 
 
 def forward_flops_per_token(model: nn.Module, seq_len: int) -> int:

@@ -65,6 +65,9 @@ class Transformer(nn.Module):
         self.pos_emb = nn.Embedding(m.context, m.d_model) if m.positions == "learned" else None
         self.drop = nn.Dropout(m.dropout)
         self.blocks = nn.ModuleList(Block(m, spec, family, LayerInfo(i, m.n_layers)) for i in range(m.n_layers))
+        # Passes over the whole stack, same weights each time: a family asks for more with a class
+        # attribute (loop attention: 2); each pass takes the previous one's final hidden state.
+        self.passes = getattr(self.blocks[0].attn, "passes", 1)
         self.norm = make_norm(m)
         self.head = nn.Linear(m.d_model, vocab_size, bias=False)
         if m.tie_embeddings:
@@ -122,9 +125,11 @@ class Transformer(nn.Module):
             x = x + self.pos_emb(torch.arange(start_pos, start_pos + T, device=idx.device))
         x = self.drop(x)
         rope = self.rope(0, start_pos + T, decoding=cache is not None)
-        shared = {} if shared is None else shared  # cross-layer K/V by layer index, auxiliary losses under AUX
-        for i, block in enumerate(self.blocks):
-            x = block(x, rope, None if cache is None else cache[i], start_pos, shared)
+        shared = {} if shared is None else shared  # cross-layer K/V by layer index, auxiliary losses under AUX, "pass"
+        for n in range(self.passes):
+            shared["pass"] = n
+            for i, block in enumerate(self.blocks):
+                x = block(x, rope, None if cache is None else cache[i], start_pos, shared)
         return self.head(self.norm(x))
 
     def forward_with_aux(self, idx: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -148,6 +153,7 @@ def attention_spec(cfg: Config) -> AttentionSpec:
         share_every=cfg.variant.share_every,
         kv_shared_layers=cfg.variant.kv_shared_layers,
         rank=cfg.variant.rank,
+        window=cfg.variant.window,
         qk_norm=cfg.variant.qk_norm,
         top_k=cfg.variant.top_k,
         shared_heads=cfg.variant.shared_heads,

@@ -87,6 +87,11 @@ def _fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+def _vs_mha(reduction: float) -> str:
+    """A family can cache more than mha (loop attention caches both passes): say so, not "-100% less"."""
+    return f"{100 * reduction:.1f}% less than mha" if reduction >= 0 else f"{-100 * reduction:.1f}% more than mha"
+
+
 def print_summary(s: dict[str, Any], run_dir: Path) -> None:
     lines = [
         f"qkvlab: {s['variant']} on {s['data']} (model {s['model']}, seed {s['seed']}) finished {s['step']} steps, {_fmt_int(s['tokens'])} tokens in {s['wall_time_s']:.1f}s",
@@ -94,7 +99,7 @@ def print_summary(s: dict[str, Any], run_dir: Path) -> None:
         + (f"   exact match {100 * s['val/exact_match']:.2f}%" if "val/exact_match" in s else ""),
         f"  params {_fmt_int(s['params/total'])} (attention {_fmt_int(s['params/attention'])})   "
         f"KV cache {_fmt_int(s['kv_cache/bytes_per_token'])} B/token ({s['precision']}, "
-        f"{100 * s['kv_cache/reduction_vs_mha']:.1f}% less than mha)   {_fmt_int(round(s['throughput/tokens_per_s']))} tokens/s",
+        f"{_vs_mha(s['kv_cache/reduction_vs_mha'])})   {_fmt_int(round(s['throughput/tokens_per_s']))} tokens/s",
         f"  run dir {run_dir}",
     ]
     print("\n".join(lines), flush=True)

@@ -46,14 +46,15 @@ def test_measured_cache_bytes_equal_closed_form(variant):
 
 
 def expected_cache_bytes(model, dtype) -> int:
-    """Written apart from the model: layers that compute their own K/V cache K and V, or one S when V = K."""
+    """Written apart from the model: layers that compute their own K/V cache K and V, or one S when V = K,
+    once per pass over the stack (loop attention's second pass caches its own K and V)."""
     spec, n = model.spec, len(model.blocks)
     if spec.kv_shared_layers:
         computing = n - spec.kv_shared_layers
     else:
         computing = -(-n // spec.share_every)
     tensors = 2 if spec.sharing in ("mha", "q_eq_k") else 1
-    return computing * tensors * spec.n_kv_heads * spec.d_head * torch.empty((), dtype=dtype).element_size()
+    return model.passes * computing * tensors * spec.n_kv_heads * spec.d_head * torch.empty((), dtype=dtype).element_size()
 
 
 def test_k_eq_v_caches_one_unrotated_tensor_per_kv_head():

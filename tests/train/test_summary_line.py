@@ -1,0 +1,21 @@
+"""The closing summary says which way the KV cache differs from mha's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qkvlab.train.run import print_summary
+
+
+@pytest.mark.parametrize("reduction,words", [(0.5, "50.0% less than mha"), (0.0, "0.0% less than mha"), (-1.0, "100.0% more than mha")])
+def test_kv_cache_change_reads_the_right_way_round(capsys, reduction, words):
+    s = {
+        "variant": "v", "data": "mqar", "model": "tiny", "seed": 0, "step": 1, "tokens": 10, "wall_time_s": 1.0,
+        "val/loss": 1.0, "val/ppl": 2.7, "val/acc": 0.5, "params/total": 10, "params/attention": 4,
+        "kv_cache/bytes_per_token": 2048, "precision": "fp32", "kv_cache/reduction_vs_mha": reduction,
+        "throughput/tokens_per_s": 100.0,
+    }
+    print_summary(s, Path("run"))
+    assert f"KV cache 2,048 B/token (fp32, {words})" in capsys.readouterr().out
