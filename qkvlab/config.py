@@ -55,6 +55,15 @@ class VariantConfig:
     rank: Optional[int] = None
     # RMSNorm over d_head on queries and keys before RoPE; with k_eq_v only the key path (values stay S).
     qk_norm: bool = False
+    # Gemma 4's value norm: V = RMSNorm(V) without a gain (needs qk_norm; with k_eq_v, V = norm(S) and
+    # K = RoPE(k_norm(S)), and the cache holds norm(S) alone).
+    v_norm: bool = False
+    # Scores are multiplied by this instead of 1/sqrt(d_head) (null); Gemma 4 uses 1.0 with QK-norm.
+    score_scale: Optional[float] = None
+    # family=mla (DeepSeek-V2): width of the shared K/V latent (null: 4 * d_head) and of the decoupled
+    # RoPE query/key part (null: d_head / 2).
+    kv_rank: Optional[int] = None
+    rope_dim: Optional[int] = None
 
 
 @dataclass

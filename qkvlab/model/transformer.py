@@ -139,6 +139,10 @@ def attention_spec(cfg: Config) -> AttentionSpec:
         kv_shared_layers=cfg.variant.kv_shared_layers,
         rank=cfg.variant.rank,
         qk_norm=cfg.variant.qk_norm,
+        v_norm=cfg.variant.v_norm,
+        score_scale=cfg.variant.score_scale,
+        kv_rank=cfg.variant.kv_rank,
+        rope_dim=cfg.variant.rope_dim,
         norm_eps=m.norm_eps,
     )
 
