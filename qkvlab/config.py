@@ -282,6 +282,7 @@ FLOAT_RANGES: dict[str, Range] = {
     # 0 turns clipping off.
     "optim.grad_clip": NON_NEGATIVE,
     "train.tokens_per_param": POSITIVE,
+    "variant.score_scale": POSITIVE,
 }
 
 

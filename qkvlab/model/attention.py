@@ -373,10 +373,10 @@ def check_model(cfg) -> None:
             "variant.v_norm=true normalises values as Gemma 4 does, next to its key norm (the K=V cache keeps "
             "norm(S) and rebuilds K from the key norm's gain); set variant.qk_norm=true too"
         )
-    if v.score_scale is not None and (v.family != "shared_qkv" or not v.score_scale > 0):
+    if v.score_scale is not None and v.family != "shared_qkv":
         raise ConfigError(
-            f"variant.score_scale={v.score_scale} must be a number > 0 and is read only by variant.family=shared_qkv "
-            "(other families fix their own scale); drop it or set null for 1/sqrt(d_head)"
+            f"variant.score_scale={v.score_scale} is read only by variant.family=shared_qkv (other families fix "
+            "their own scale); drop it or set null"
         )
     if v.rank is not None and (v.family != "expanded" or v.rank < 1):
         raise ConfigError(f"variant.rank={v.rank} is read only by variant.family=expanded, as an integer >= 1; drop it or pick family=expanded")

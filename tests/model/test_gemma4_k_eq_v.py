@@ -101,8 +101,8 @@ def test_causal():
     [
         (["variant=k_eq_v", "variant.v_norm=true"], "variant.v_norm=true normalises values as Gemma 4 does"),
         (["variant=mla", "variant.score_scale=1.0"], "variant.family=mla does not combine with variant.score_scale"),
-        (["variant=expanded", "variant.score_scale=1.0"], "variant.score_scale=1.0 must be a number > 0 and is read only"),
-        (["variant=mha", "variant.score_scale=0"], "variant.score_scale=0.0 must be a number > 0"),
+        (["variant=expanded", "variant.score_scale=1.0"], "variant.score_scale=1.0 is read only by variant.family=shared_qkv"),
+        (["variant=mha", "variant.score_scale=0"], "variant.score_scale=0.0 is out of range; give a value > 0"),
     ],
 )
 def test_bad_combinations_are_one_line(overrides, message):
