@@ -63,6 +63,15 @@ class VariantConfig:
     # Weight of the family's auxiliary losses in the training loss (null: the family's default; only
     # families that add one, e.g. routed's load balance, take it).
     aux_weight: Optional[float] = None
+    # Gemma 4's value norm: V = RMSNorm(V) without a gain (needs qk_norm; with k_eq_v, V = norm(S) and
+    # K = RoPE(k_norm(S)), and the cache holds norm(S) alone).
+    v_norm: bool = False
+    # Scores are multiplied by this instead of 1/sqrt(d_head) (null); Gemma 4 uses 1.0 with QK-norm.
+    score_scale: Optional[float] = None
+    # family=mla (DeepSeek-V2): width of the shared K/V latent (null: 4 * d_head) and of the decoupled
+    # RoPE query/key part (null: d_head / 2).
+    kv_rank: Optional[int] = None
+    rope_dim: Optional[int] = None
 
 
 @dataclass
@@ -281,6 +290,7 @@ FLOAT_RANGES: dict[str, Range] = {
     # 0 turns clipping off.
     "optim.grad_clip": NON_NEGATIVE,
     "train.tokens_per_param": POSITIVE,
+    "variant.score_scale": POSITIVE,
 }
 
 

@@ -1,5 +1,6 @@
 import qkvlab.model.differential  # noqa: F401 - registers family=differential
 import qkvlab.model.expanded  # noqa: F401 - registers family=expanded
+import qkvlab.model.latent  # noqa: F401 - registers family=mla
 import qkvlab.model.loop  # noqa: F401 - registers family=loop
 import qkvlab.model.routed  # noqa: F401 - registers family=routed
 from qkvlab.model.attention import FAMILIES, AttentionSpec, LayerInfo, SharedQKVAttention, check_model

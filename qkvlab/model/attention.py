@@ -19,6 +19,11 @@ side by side and rotates it as one complex multiply (one pass over memory,
 less than half the time of the rotate-half form), which keeps `k_eq_v`
 decoding level with `mha` on a CPU.
 
+`v_norm` adds Gemma 4's gain-free RMSNorm on values (with QK-norm): for
+`k_eq_v`, V = norm(S) and K = RoPE(k_norm(S)) = RoPE(gain * norm(S)), so the
+one cached tensor becomes norm(S) and decoding rebuilds keys from it with the
+key norm's gain alone.
+
 Further attention families register themselves in `FAMILIES` by name; a
 variant config picks one with `variant.family`.
 """
@@ -62,6 +67,13 @@ class AttentionSpec:
     window: Optional[int] = None
     # RMSNorm over d_head on queries and keys before RoPE (values stay raw, as in Gemma 4).
     qk_norm: bool = False
+    # Gemma 4's gain-free RMSNorm on values.
+    v_norm: bool = False
+    # Scores times this instead of 1/sqrt(d_head) (None).
+    score_scale: Optional[float] = None
+    # Multi-head latent attention: latent width and decoupled RoPE width (None: 4 d_head, d_head / 2).
+    kv_rank: Optional[int] = None
+    rope_dim: Optional[int] = None
     norm_eps: float = 1e-5
     # Routed query heads: heads each token picks per KV group, and heads per group always on (None: defaults).
     top_k: Optional[int] = None
@@ -186,6 +198,8 @@ class SharedQKVAttention(nn.Module):
         has_q = any(name == "q" for name, _ in self.projections)
         self.q_norm = nn.RMSNorm(spec.d_head, eps=spec.norm_eps) if spec.qk_norm and has_q else None
         self.k_norm = nn.RMSNorm(spec.d_head, eps=spec.norm_eps) if spec.qk_norm and not self.reuses else None
+        if spec.score_scale is not None:
+            self.score_scale = spec.score_scale
 
     def _nq(self, q: torch.Tensor) -> torch.Tensor:
         return q if self.q_norm is None else self.q_norm(q)
@@ -197,6 +211,18 @@ class SharedQKVAttention(nn.Module):
         if not pairs:
             return self.k_norm(k)
         return F.rms_norm(k, (k.shape[-1],), to_pairs(self.k_norm.weight).to(k.dtype), self.k_norm.eps)
+
+    def _nv(self, v: torch.Tensor) -> torch.Tensor:
+        """Gemma 4's value norm: RMSNorm without a gain (order-free, so pair layout needs nothing)."""
+        return F.rms_norm(v, (v.shape[-1],), eps=self.spec.norm_eps) if self.spec.v_norm else v
+
+    def _k_from_cache(self, s: torch.Tensor, pairs: bool) -> torch.Tensor:
+        """Unrotated keys from the one cached tensor. With v_norm it holds norm(S), and
+        k_norm(S) = gain * norm(S), so the key needs only the gain (pair-permuted in pair layout)."""
+        if not self.spec.v_norm:
+            return self._nk(s, pairs)
+        gain = to_pairs(self.k_norm.weight) if pairs else self.k_norm.weight
+        return s * gain.to(s.dtype)
 
     # 1/sqrt of the dimension scores are scaled by; None: SDPA's default, the query's last dimension.
     score_scale: Optional[float] = None
@@ -259,7 +285,7 @@ class SharedQKVAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries, keys and values from the projections; V is always the unrotated tensor."""
         shared_k = p["k"]
-        v = p.get("v", shared_k)
+        v = self._nv(p.get("v", shared_k))
         k = self._nk(shared_k)
         k = rotate(k, rope.cos, rope.sin) if rope is not None else k
         if "q" in p:
@@ -296,8 +322,9 @@ class SharedQKVAttention(nn.Module):
     def forward_cached(self, x, rope: Optional[Rope], cache: "LayerKVCache", start_pos: int, shared: dict) -> torch.Tensor:
         """Incremental decoding; `rope` covers positions 0..start_pos+T.
 
-        One cached tensor (`k_eq_v`, `q_eq_k_eq_v`) is the unrotated S: keys are
-        RoPE(S) recomputed here over the whole cache and values are S itself.
+        One cached tensor (`k_eq_v`, `q_eq_k_eq_v`) is the unrotated S (norm(S) with
+        v_norm): keys are RoPE(S) recomputed here over the whole cache and values are
+        the cached tensor itself.
         Where the cache's dtype has a complex twin (fp32, fp64) S is cached in
         pair layout and the attention runs in it; the output goes back to the
         rotate-half layout before the output projection.
@@ -314,16 +341,16 @@ class SharedQKVAttention(nn.Module):
             q, k, v = self.qkv_from(p, new_rope)
             (k, v), pairs = cache.update(start_pos, [k, v]), False
         elif rope is None:
-            (v,) = cache.update(start_pos, [p["k"]])
-            k, pairs = self._nk(v), False
+            (v,) = cache.update(start_pos, [self._nv(p["k"])])
+            k, pairs = self._k_from_cache(v, False), False
             q = self._nq(p["q"]) if "q" in p else k[:, :, start_pos:]
         elif rope.cis is not None and cache.dtype in (torch.float32, torch.float64):
-            (v,) = cache.update(start_pos, [to_pairs(p["k"])])
-            k, pairs = rotate_pairs(self._nk(v, pairs=True), rope.cis), True
+            (v,) = cache.update(start_pos, [to_pairs(self._nv(p["k"]))])
+            k, pairs = rotate_pairs(self._k_from_cache(v, True), rope.cis), True
             q = rotate_pairs(to_pairs(self._nq(p["q"])).to(cache.dtype), new_rope.cis) if "q" in p else k[:, :, start_pos:]
         else:
-            (v,) = cache.update(start_pos, [p["k"]])
-            k, pairs = rotate(self._nk(v), rope.cos, rope.sin), False
+            (v,) = cache.update(start_pos, [self._nv(p["k"])])
+            k, pairs = rotate(self._k_from_cache(v, False), rope.cos, rope.sin), False
             q = rotate(self._nq(p["q"]), new_rope.cos, new_rope.sin) if "q" in p else k[:, :, start_pos:]
         if self.feeds:
             shared[self.layer.index] = (k, v, pairs)
@@ -377,6 +404,25 @@ def check_model(cfg) -> None:
         key = "top_k" if v.top_k is not None else "shared_heads"
         raise ConfigError(f"variant.{key}={getattr(v, key)} is read only by variant.family=routed; drop it or pick family=routed")
     check_aux_weight(cfg)
+    if v.family == "mla":
+        from qkvlab.model.latent import check_mla
+
+        problem = check_mla(cfg)
+        if problem:
+            raise ConfigError(problem)
+    for key in ("kv_rank", "rope_dim"):
+        if getattr(v, key) is not None and v.family != "mla":
+            raise ConfigError(f"variant.{key}={getattr(v, key)} is read only by variant.family=mla; drop it or pick family=mla")
+    if v.v_norm and not v.qk_norm:
+        raise ConfigError(
+            "variant.v_norm=true normalises values as Gemma 4 does, next to its key norm (the K=V cache keeps "
+            "norm(S) and rebuilds K from the key norm's gain); set variant.qk_norm=true too"
+        )
+    if v.score_scale is not None and v.family != "shared_qkv":
+        raise ConfigError(
+            f"variant.score_scale={v.score_scale} is read only by variant.family=shared_qkv (other families fix "
+            "their own scale); drop it or set null"
+        )
     if v.rank is not None and (v.family != "expanded" or v.rank < 1):
         raise ConfigError(f"variant.rank={v.rank} is read only by variant.family=expanded, as an integer >= 1; drop it or pick family=expanded")
     if (v.share_every > 1 or v.kv_shared_layers) and v.sharing in ("q_eq_k", "q_eq_k_eq_v"):

@@ -24,11 +24,12 @@ from qkvlab.config import Config, ModelConfig
 def _count(cfg: Config, m: ModelConfig, vocab_size: int, mha: bool = False) -> int:
     from qkvlab.model.transformer import Transformer, attention_spec
 
-    spec = attention_spec(cfg)
+    spec, family = attention_spec(cfg), cfg.variant.family
     if mha:
-        spec = spec.mha_twin()
+        # Plain shared-QKV attention: a family that adds weights (MLA, expanded) is matched to mha, not to itself.
+        spec, family = spec.mha_twin(), "shared_qkv"
     with torch.device("meta"):
-        model = Transformer(m, spec, cfg.variant.family, vocab_size)
+        model = Transformer(m, spec, family, vocab_size)
     return sum(p.numel() for p in model.parameters())
 
 

@@ -157,6 +157,10 @@ def attention_spec(cfg: Config) -> AttentionSpec:
         qk_norm=cfg.variant.qk_norm,
         top_k=cfg.variant.top_k,
         shared_heads=cfg.variant.shared_heads,
+        v_norm=cfg.variant.v_norm,
+        score_scale=cfg.variant.score_scale,
+        kv_rank=cfg.variant.kv_rank,
+        rope_dim=cfg.variant.rope_dim,
         norm_eps=m.norm_eps,
     )
 

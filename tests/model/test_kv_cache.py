@@ -10,6 +10,7 @@ from qkvlab.config import Config
 from qkvlab.model import build_model, kv_cache_bytes_per_token
 from qkvlab.model.attention import from_pairs, to_pairs
 from qkvlab.model.kv_cache import KVCache
+from qkvlab.model.latent import LatentAttention
 
 from tests.helpers import make_config
 
@@ -47,8 +48,12 @@ def test_measured_cache_bytes_equal_closed_form(variant):
 
 def expected_cache_bytes(model, dtype) -> int:
     """Written apart from the model: layers that compute their own K/V cache K and V, or one S when V = K,
-    once per pass over the stack (loop attention's second pass caches its own K and V)."""
+    once per pass over the stack (loop attention's second pass caches its own K and V); MLA layers cache
+    their latent and RoPE key (4 d_head + d_head / 2 by default) whatever the head count."""
     spec, n = model.spec, len(model.blocks)
+    if isinstance(model.blocks[0].attn, LatentAttention):
+        per_layer = (spec.kv_rank or 4 * spec.d_head) + (spec.rope_dim or spec.d_head // 2)
+        return n * per_layer * torch.empty((), dtype=dtype).element_size()
     if spec.kv_shared_layers:
         computing = n - spec.kv_shared_layers
     else:

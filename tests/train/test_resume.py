@@ -12,7 +12,7 @@ from qkvlab.train.checkpoint import step_checkpoints
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("variant", ["mha", "k_eq_v_cla", "loop"])
+@pytest.mark.parametrize("variant", ["mha", "k_eq_v_cla", "loop", "mla"])
 def test_sigkill_between_checkpoints_then_resume_is_bit_identical(tmp_path, run_cli, start_cli, kit, variant):
     args = [*kit.TINY, f"variant={variant}", "train.steps=60", "train.checkpoint_every=20"]
     ref = run_cli("train", *args, "hydra.run.dir=ref", env_extra=kit.ENV)
