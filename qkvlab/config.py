@@ -291,6 +291,8 @@ FLOAT_RANGES: dict[str, Range] = {
     "optim.grad_clip": NON_NEGATIVE,
     "train.tokens_per_param": POSITIVE,
     "variant.score_scale": POSITIVE,
+    # 0 logs a family's auxiliary losses without training on them.
+    "variant.aux_weight": Range(low_closed=True, high=1e3, high_closed=True),
 }
 
 
