@@ -156,7 +156,8 @@ class TrainConfig:
     # when set it replaces `steps`, resolved once the model exists (train/budget.py).
     tokens_per_param: Optional[float] = None
     grad_accum: int = 1
-    eval_every: int = 100
+    # None: every steps/10, at most every 100 steps (train/budget.py), so a short run still draws a curve.
+    eval_every: Optional[int] = None
     log_every: int = 10
     device: str = "auto"
     precision: str = "auto"
@@ -370,7 +371,8 @@ def validate(cfg: Config) -> None:
         _positive(getattr(d, key), f"data.{key}")
     _positive(o.warmup_steps, "optim.warmup_steps", allow_zero=True)
     for key in ("steps", "grad_accum", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
-        _positive(getattr(t, key), f"train.{key}")
+        if getattr(t, key) is not None:
+            _positive(getattr(t, key), f"train.{key}")
     _choice(t.on_nonfinite, NONFINITE_POLICIES, "train.on_nonfinite")
     check_resume(t.resume)
 

@@ -24,7 +24,10 @@ def test_single_run_writes_run_directory_and_learns(run_cli, tmp_path):
     assert summary["status"] == "completed" and summary["step"] == 40
     assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "checkpoints" / "final.pt").exists()
     assert "val ppl" in proc.stdout and str(run_dir.name) in proc.stdout
-    assert "step" in proc.stderr  # the tqdm bar
+    # stderr is a pipe: plain progress lines, never a carriage-return bar
+    assert "mha: step 40/40 (100%)" in proc.stderr and "\r" not in proc.stderr
+    # Hydra's job log opens at the first warning: no empty train.log beside the results
+    assert not (run_dir / "train.log").exists() or (run_dir / "train.log").stat().st_size > 0
 
 
 def test_multirun_over_four_variants_gives_four_runs(run_cli, tmp_path):
@@ -65,7 +68,7 @@ def test_same_command_again_skips_and_resume_never_retrains(run_cli, tmp_path):
     first = (run_dir / "summary.json").read_text()
     again = run_cli(*args)
     assert again.returncode == 0 and f"skipped, already completed: {run_dir}" in again.stdout
-    assert "train.resume=never" in again.stdout
+    assert f"{run_dir} (to train it again from scratch, add train.resume=never)" in again.stdout
     fresh = run_cli(*args, "train.resume=never")
     assert fresh.returncode == 0 and "skipped" not in fresh.stdout and "finished 10 steps" in fresh.stdout
     assert _run_dirs(tmp_path / "outputs") == [run_dir]

@@ -10,7 +10,10 @@ import numpy as np
 
 from qkvlab.analysis.compare import Comparison, Group
 
-PLOTS = ("val_loss_vs_tokens.png", "ppl_vs_kv_cache.png", "ppl_vs_params.png")
+PLOTS = ("loss_vs_tokens.png", "ppl_vs_kv_cache.png", "ppl_vs_params.png")
+# The learning curves: training loss is logged every train.log_every steps, so every run has a
+# curve; validation gets a panel only where some group was evaluated more than once.
+CURVES = (("train/loss", "training loss"), ("val/loss", "validation loss"))
 
 
 def _pyplot():
@@ -34,23 +37,36 @@ def seed_curve(g: Group, key: str = "val/loss") -> tuple[np.ndarray, np.ndarray,
     return np.array(common, dtype=float), values.mean(axis=0), std
 
 
-def plot_curves(c: Comparison, path: Path) -> None:
+def curves_figure(c: Comparison):
+    """One panel per loss that has a curve (more than one point in some group): seed mean ± std per group."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
-    for g in c.groups:
-        tokens, mean, std = seed_curve(g)
-        if len(tokens) == 0:
-            continue
-        (line,) = ax.plot(tokens, mean, marker="o", markersize=3, label=f"{g.label} (n={g.n})")
-        ax.fill_between(tokens, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("validation loss")
-    ax.set_title("Validation loss (seed mean ± std)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    curves = {key: {g.label: seed_curve(g, key) for g in c.groups} for key, _ in CURVES}
+    panels = [(key, title) for key, title in CURVES if any(len(t) > 1 for t, _, _ in curves[key].values())]
+    panels = panels or [CURVES[0]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), dpi=100, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (key, title) in zip(axes[0], panels):
+        for i, g in enumerate(c.groups):
+            tokens, mean, std = curves[key][g.label]
+            if len(tokens) < 2 and key != "train/loss":
+                continue
+            color = colors[i % len(colors)]
+            ax.plot(tokens, mean, marker="o", markersize=2, color=color, label=f"{g.label} (n={g.n})")
+            ax.fill_between(tokens, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel(title)
+        ax.set_title(f"{title[0].upper()}{title[1:]} (seed mean ± std)")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
+    return fig
+
+
+def plot_curves(c: Comparison, path: Path) -> None:
+    fig = curves_figure(c)
     fig.savefig(path)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def plot_tradeoff(c: Comparison, x_key: str, x_label: str, path: Path, log_x: bool = False) -> None:

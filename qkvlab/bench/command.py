@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -128,6 +129,7 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def bench_main(args: list[str]) -> None:
+    from qkvlab.bench.noise import noise_warnings
     from qkvlab.bench.run import BenchOptions
     from qkvlab.files import write_json_atomic
 
@@ -145,3 +147,5 @@ def bench_main(args: list[str]) -> None:
     write_json_atomic(out, report)
     print(format_table(report), flush=True)
     print(f"  wrote {out}", flush=True)
+    for line in noise_warnings(report):
+        print(f"qkvlab: warning: {line}", file=sys.stderr, flush=True)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from qkvlab.bench.measure import median_seconds, peak_memory, synchronize
+from qkvlab.bench.noise import spread
 from qkvlab.checks import checked
 from qkvlab.config import Config
 from qkvlab.model import build_model, kv_cache_bytes_per_token
@@ -43,10 +44,10 @@ class BenchOptions:
 
 
 def bench_training(cfg: Config, opts: BenchOptions, peak_flops: float) -> tuple[dict[str, Any], Trainer]:
-    # fit() validates at its end, outside the timed span; one batch keeps that wait short.
+    # fit() validates once, at its end, outside the timed span; one batch keeps that wait short.
     cfg = dataclasses.replace(
         cfg,
-        train=dataclasses.replace(cfg.train, steps=opts.steps),
+        train=dataclasses.replace(cfg.train, steps=opts.steps, eval_every=opts.steps),
         data=dataclasses.replace(cfg.data, val_size=min(cfg.data.val_size, cfg.data.batch_size)),
     )
     with tempfile.TemporaryDirectory(prefix="qkvlab-bench-") as tmp:
@@ -92,6 +93,11 @@ def bench_training(cfg: Config, opts: BenchOptions, peak_flops: float) -> tuple[
         "loop/overhead": min(loop) / min(bare) - 1 if loop else None,
         "tokens_per_step": trainer.tokens_per_step,
         "params/matmul": trainer.info.stats["params/matmul"],
+        # How far the timed blocks spread, (max - min) / median (qkvlab/bench/noise.py); None for one repeat.
+        "noise": {
+            "step ms": spread(bare),
+            "loop/overhead": max(spread(bare), spread(loop)) if len(loop) > 1 else None,
+        },
     }, trainer
 
 
@@ -117,6 +123,7 @@ def bench_inference(cfgs: list[Config], vocab: int, device: torch.device, precis
     contexts = [c for c in opts.contexts if c <= context] or [context]
     gen = torch.Generator(device="cpu").manual_seed(0)
     speeds: list[dict[str, dict[str, float]]] = [{} for _ in models]
+    noises: list[dict[str, float | None]] = [{} for _ in models]
     for L in contexts:
         prompt = torch.randint(0, vocab, (1, L), generator=gen).to(device)
         n = min(opts.decode_tokens, L - 1)
@@ -144,14 +151,15 @@ def bench_inference(cfgs: list[Config], vocab: int, device: torch.device, precis
                 if r:  # the first round warms up
                     tp.append(p_s)
                     td.append(d_s)
-        for out, (tp, td) in zip(speeds, times):
+        for out, noise, (tp, td) in zip(speeds, noises, times):
             out[str(L)] = {
                 "prefill_tokens_per_s": L / statistics.median(tp),
                 "decode_tokens_per_s": n / statistics.median(td),
             }
+            noise.update({f"prefill@{L}": spread(tp), f"decode@{L}": spread(td)})
     L = contexts[-1]
     rows = []
-    for model, speed in zip(models, speeds):
+    for model, speed, noise in zip(models, speeds, noises):
         measured = KVCache(model, 1, L, dtype).bytes_per_token()
         mha = len(model.blocks) * mha_layer_cache(model.spec, L, device, dtype).nbytes / L
         rows.append({
@@ -159,6 +167,7 @@ def bench_inference(cfgs: list[Config], vocab: int, device: torch.device, precis
             "kv_cache/bytes_per_token_closed_form": kv_cache_bytes_per_token(model, dtype),
             "kv_cache/ratio_vs_mha": measured / mha,
             "inference": speed,
+            "noise": noise,
         })
     return rows
 
@@ -177,4 +186,4 @@ def bench_variants(cfgs: list[Config], opts: BenchOptions, peak_flops: float, pr
             **train,
         })
     infer = bench_inference(cfgs, trainer.info.vocab_size, trainer.device, trainer.precision, opts)
-    return [{**row, **inf} for row, inf in zip(rows, infer)]
+    return [{**row, **inf, "noise": {**row["noise"], **inf["noise"]}} for row, inf in zip(rows, infer)]

@@ -207,7 +207,9 @@ def tokenize_into(
     eot = np.array([tokenizer.eot])
     n_bytes = 0
     start = time.perf_counter()
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"tokenizing {desc}", disable=not progress, dynamic_ncols=True)
+    # The bar's rate is the average since the start (smoothing=0) in MB of 10^6 bytes of text, as the summary's.
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1000, smoothing=0,
+               desc=f"tokenizing {desc}", disable=not progress, dynamic_ncols=True)
     try:
         for ids, ends, nb in _encoded(_jobs(docs), tokenizer, num_proc):
             for arr, end in zip(ids, ends):
@@ -286,7 +288,8 @@ def open_token_cache(req: CacheRequest) -> TokenCache:
         mb = stats["bytes"] / 1e6
         print(
             f"qkvlab: tokenized {req.label}: {mb:.1f} MB -> {stats['n_tokens']:,} tokens in {stats['seconds']:.1f}s "
-            f"({mb / max(stats['seconds'], 1e-9):.2f} MB/s, {stats['n_tokens'] / max(stats['seconds'], 1e-9):,.0f} tokens/s); cache {path}",
+            f"({mb / max(stats['seconds'], 1e-9):.2f} MB/s of text, {stats['n_tokens'] / max(stats['seconds'], 1e-9):,.0f} tokens/s, "
+            f"averaged over the whole build); cache {path}",
             file=sys.stderr,
             flush=True,
         )

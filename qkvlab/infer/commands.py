@@ -90,5 +90,12 @@ def generate_main(args: list[str]) -> None:
     prompt = torch.tensor([ids] * ns.num_samples, device=trained.device)
     gen = torch.Generator(device=trained.device).manual_seed(ns.seed)
     out = generate(trained.model, prompt, s, gen, use_cache=not ns.no_cache, amp=trained.amp(), cache_dtype=trained.dtype)
-    for row in out.tolist():
-        print(tokenizer.decode(ids + row) if tokenizer is not None else " ".join(map(str, ids + row)), flush=True)
+    texts = [tokenizer.decode(ids + row) if tokenizer is not None else " ".join(map(str, ids + row)) for row in out.tolist()]
+    print(samples_text(texts), flush=True)
+
+
+def samples_text(texts: list[str]) -> str:
+    """One sample as it is; several each under a header line, since a text sample holds newlines of its own."""
+    if len(texts) == 1:
+        return texts[0]
+    return "\n".join(f"--- sample {i} of {len(texts)} ---\n{text}" for i, text in enumerate(texts, 1))

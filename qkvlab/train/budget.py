@@ -1,4 +1,4 @@
-"""The token budget of a run, resolved once, before the first step.
+"""The token budget of a run, and its evaluation cadence, resolved once, before the first step.
 
 Scaling runs ask for a budget in tokens per parameter (20 is the compute-optimal
 rule of thumb), so the step count depends on the model's size and is only known
@@ -19,10 +19,23 @@ def tokens_per_step(cfg: Config) -> int:
     return cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum
 
 
+# A null train.eval_every evaluates about ten times a run, and at least every this many steps.
+EVALS_PER_RUN = 10
+MAX_EVAL_EVERY = 100
+
+
+def default_eval_every(steps: int) -> int:
+    """Ten evaluations draw a curve however short the run; long runs keep the old cadence of 100 steps."""
+    return min(MAX_EVAL_EVERY, max(1, steps // EVALS_PER_RUN))
+
+
 def resolve_steps(cfg: Config, compute_params: int) -> Config:
-    """`cfg` with train.steps set from train.tokens_per_param (unchanged when that is null)."""
-    tpp = cfg.train.tokens_per_param
-    if tpp is None:
+    """`cfg` with train.steps set from train.tokens_per_param (unchanged when that is null), then
+    train.eval_every from the steps when it is null. Checkpoints record the resolved values; the
+    config hash sees the null, so the run directory does not depend on them."""
+    t = cfg.train
+    steps = t.steps if t.tokens_per_param is None else max(1, math.ceil(t.tokens_per_param * compute_params / tokens_per_step(cfg)))
+    eval_every = t.eval_every if t.eval_every is not None else default_eval_every(steps)
+    if (steps, eval_every) == (t.steps, t.eval_every):
         return cfg
-    steps = max(1, math.ceil(tpp * compute_params / tokens_per_step(cfg)))
-    return replace(cfg, train=replace(cfg.train, steps=steps))
+    return replace(cfg, train=replace(t, steps=steps, eval_every=eval_every))

@@ -63,13 +63,26 @@ def cpu_has_bf16_matmul() -> bool:
     return torch.backends.mkldnn.is_available() and bool(cpu_flags() & set(BF16_CPU_FLAGS))
 
 
+def precision_choice(name: str, device: torch.device) -> tuple[str, str]:
+    """The precision a run computes in, and why, for the summary line: `auto` picks per machine,
+    so two machines can train the same config in different precisions and report different figures."""
+    if name != "auto":
+        return name, f"precision={name} (set by train.precision)"
+    if device.type == "cuda":
+        return "bf16", "precision=auto -> bf16 (CUDA)"
+    if device.type == "cpu":
+        native = sorted(cpu_flags() & set(BF16_CPU_FLAGS))
+        if cpu_has_bf16_matmul():
+            return "bf16", f"precision=auto -> bf16 (CPU with native bf16 matmuls: {', '.join(native)})"
+        if native:
+            return "fp32", f"precision=auto -> fp32 (the CPU has {', '.join(native)}, but this torch has no oneDNN)"
+        return "fp32", "precision=auto -> fp32 (CPU without native bf16 matmuls: no AMX or AVX512-BF16)"
+    return "fp32", f"precision=auto -> fp32 ({device.type})"
+
+
 def resolve_precision(name: str, device: torch.device) -> str:
     """`auto` is bf16 autocast on CUDA and on CPUs with native bf16 matmuls, fp32 elsewhere."""
-    if name != "auto":
-        return name
-    if device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16_matmul()):
-        return "bf16"
-    return "fp32"
+    return precision_choice(name, device)[0]
 
 
 def configure_device(device: torch.device) -> None:

@@ -113,7 +113,7 @@ def _train_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> JobResult | No
     if previous.unreadable:
         print(f"qkvlab: {previous.unreadable.split(';')[0]}; treating the run as unfinished", flush=True)
     if previous.finished and run_dir.name == run_id(config) and cfg.train.resume != "never":
-        print(f"skipped, already completed: {run_dir} (train.resume=never trains it again)", flush=True)
+        print(f"skipped, already completed: {run_dir} (to train it again from scratch, add train.resume=never)", flush=True)
         return JobResult(previous.summary)
     try:
         typed = checked(cfg)

@@ -26,7 +26,6 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from qkvlab.config import Config, as_dict
 from qkvlab.data import IGNORE, MISSING, build_data, check_same_data
@@ -45,9 +44,10 @@ from qkvlab.model.flops import matmul_params, train_flops_per_token
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.budget import resolve_steps, tokens_per_step
 from qkvlab.train.checkpoint import check_shapes, mark_final, step_path, write_checkpoint
-from qkvlab.train.device import autocast, compute_dtype, configure_device, pick_device, resolve_precision
+from qkvlab.train.device import autocast, compute_dtype, configure_device, pick_device, precision_choice
 from qkvlab.train.evaluate import evaluate
 from qkvlab.train.optim import lr_at, make_optimizer
+from qkvlab.train.progress import progress_bar
 from qkvlab.train.signals import Preempted, StopRequest
 
 
@@ -64,6 +64,8 @@ class RunInfo:
     device: str
     precision: str
     vocab_size: int
+    # Why this precision: `auto` picks per machine, and the figures depend on it.
+    precision_reason: str = ""
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -140,7 +142,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.device = pick_device(cfg.train.device)
         configure_device(self.device)
-        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.precision, self.precision_reason = precision_choice(cfg.train.precision, self.device)
         self.amp = autocast(self.device, self.precision)
         self.data = build_data(cfg)
         vocab = model_vocab(cfg.model, self.data.vocab_size)
@@ -157,6 +159,7 @@ class Trainer:
             device=str(self.device),
             precision=self.precision,
             vocab_size=vocab,
+            precision_reason=self.precision_reason,
             stats=model_stats(cfg, self.model, self.spec, self.precision),
         )
         self.tokens_per_step = tokens_per_step(cfg)
@@ -299,7 +302,7 @@ class Trainer:
         window_loss = torch.tensor(st.window_loss, device=self.device)
         window_aux = {name: torch.tensor(v, device=self.device) for name, v in st.window_aux.items()}
         window_time = 0.0
-        bar = tqdm(total=t.steps, initial=st.step, desc=f"{cfg.variant.name}", unit="step", disable=not t.progress, dynamic_ncols=True)
+        bar = progress_bar(total=t.steps, initial=st.step, desc=f"{cfg.variant.name}", enabled=t.progress)
         tick = time.perf_counter()
         self.model.train()
         pending: list[tuple[int, torch.Tensor]] = []
@@ -408,7 +411,8 @@ def base_summary(cfg: Config, info: RunInfo | None) -> dict[str, Any]:
         "experiment": cfg.experiment,
     }
     if info is not None:
-        out.update(device=info.device, precision=info.precision, vocab_size=info.vocab_size, **info.stats)
+        out.update(device=info.device, precision=info.precision, precision_reason=info.precision_reason)
+        out.update(vocab_size=info.vocab_size, **info.stats)
     return out
 
 

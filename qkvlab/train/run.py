@@ -100,6 +100,7 @@ def print_summary(s: dict[str, Any], run_dir: Path) -> None:
         f"  params {_fmt_int(s['params/total'])} (attention {_fmt_int(s['params/attention'])})   "
         f"KV cache {_fmt_int(s['kv_cache/bytes_per_token'])} B/token ({s['precision']}, "
         f"{_vs_mha(s['kv_cache/reduction_vs_mha'])})   {_fmt_int(round(s['throughput/tokens_per_s']))} tokens/s",
+        *([f"  {s['precision_reason']}"] if s.get("precision_reason") else []),
         f"  run dir {run_dir}",
     ]
     print("\n".join(lines), flush=True)

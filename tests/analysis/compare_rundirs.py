@@ -37,8 +37,11 @@ def make_run(
         "logger": {"backend": "none", "project": f"p{seed}"},
     }
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
-    points = [(10, 1000, loss + 1.0), (20, 2000, loss)]
-    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "tokens": t, "val/loss": v}) + "\n" for s, t, v in points))
+    # As train logs them: training loss every 5 steps, validation at 10 and 20.
+    rows = [{"step": s, "tokens": 100 * s, "train/loss": loss + 1.5 - 0.05 * s} for s in range(5, 25, 5)]
+    rows += [{"step": s, "tokens": 100 * s, "val/loss": v} for s, v in ((10, loss + 1.0), (20, loss))]
+    rows.sort(key=lambda r: r["step"])
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = {"status": status, "variant": variant, "seed": seed, "experiment": "hand"}
     if status == "completed":
         summary.update({

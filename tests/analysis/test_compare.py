@@ -175,3 +175,40 @@ def test_an_unreadable_summary_is_listed_and_the_rest_compared(sweep, tmp_path, 
     assert by_variant(compare(find_runs([sweep])))["mha"].n == 2
     line = f"{sweep / 'mha-s1' / 'summary.json'} is unreadable (not valid JSON at line 1)"
     assert "Not included: 3 failed, unfinished or unreadable run(s)" in printed and line in printed
+
+
+def _curves(fig) -> dict[str, dict[str, int]]:
+    """Points per plotted line, by panel title and line label."""
+    return {ax.get_title(): {line.get_label(): len(line.get_xdata()) for line in ax.get_lines()} for ax in fig.axes}
+
+
+def test_curves_show_training_loss_always_and_validation_where_evaluated_more_than_once(sweep, tmp_path):
+    from qkvlab.analysis.plots import curves_figure
+
+    fig = curves_figure(compare(find_runs([sweep])))
+    curves = _curves(fig)
+    assert curves["Training loss (seed mean ± std)"] == {"mha (n=3)": 4, "k_eq_v (n=3)": 4}
+    assert curves["Validation loss (seed mean ± std)"] == {"mha (n=3)": 2, "k_eq_v (n=3)": 2}
+    once = tmp_path / "once"
+    for seed in (0, 1):
+        run = make_run(once, f"mha-s{seed}", seed=seed)
+        rows = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["step"] != 10 or "val/loss" not in r]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _curves(curves_figure(compare(find_runs([once])))) == {"Training loss (seed mean ± std)": {"mha (n=2)": 4}}
+
+
+@pytest.mark.slow
+def test_compare_plot_of_a_100_step_sweep_has_curves(run_cli, tmp_path):
+    """The README's sweep at train.steps=100 and the default train.eval_every: curves, not one dot per group."""
+    from qkvlab.analysis.plots import curves_figure
+
+    sweep = run_cli(
+        "train", "-m", "variant=k_eq_v", "seed=0,1", "train.steps=100", "model=tiny", "logger=none",
+        "train.progress=false", "data.batch_size=8", "data.seq_len=16", "data.val_size=64", "train.checkpoint_every=100",
+        env_extra={"OMP_NUM_THREADS": "1"},
+    )
+    assert sweep.returncode == 0, sweep.stderr[-2000:]
+    curves = _curves(curves_figure(compare(find_runs([tmp_path / "outputs" / "default"]))))
+    assert set(curves) == {"Training loss (seed mean ± std)", "Validation loss (seed mean ± std)"}
+    for panel in curves.values():
+        assert list(panel) == ["k_eq_v (n=2)"] and min(panel.values()) > 1, panel

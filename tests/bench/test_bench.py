@@ -10,7 +10,7 @@ VARIANT_FIELDS = {
     "variant", "sharing", "n_kv_heads", "params/total", "params/attention", "params/matmul", "tokens_per_step",
     "train/first_step_s", "train/step_s", "train/tokens_per_s", "train/flops_per_token", "train/mfu",
     "train/peak_memory_bytes", "loop/step_s", "loop/tokens_per_s", "loop/overhead",
-    "kv_cache/bytes_per_token", "kv_cache/bytes_per_token_closed_form", "kv_cache/ratio_vs_mha", "inference",
+    "kv_cache/bytes_per_token", "kv_cache/bytes_per_token_closed_form", "kv_cache/ratio_vs_mha", "inference", "noise",
 }
 TOP_FIELDS = {
     "created", "device", "device_name", "threads", "cpu_count", "torch", "precision", "compile", "peak_flops",
@@ -33,6 +33,8 @@ def test_bench_on_tiny_writes_every_field(run_cli, tmp_path):
     for row in (mha, mqa):
         assert set(row) == VARIANT_FIELDS
         assert all(row[k] is not None for k in VARIANT_FIELDS), row
+        assert set(row["noise"]) == {"step ms", "loop/overhead", "prefill@16", "prefill@32", "decode@16", "decode@32"}
+        assert all(v is None for v in row["noise"].values())  # one repeat: no estimate
         assert set(row["inference"]) == {"16", "32"}
         assert all(v > 0 for speeds in row["inference"].values() for v in speeds.values())
         assert row["kv_cache/bytes_per_token"] == row["kv_cache/bytes_per_token_closed_form"]
@@ -41,6 +43,7 @@ def test_bench_on_tiny_writes_every_field(run_cli, tmp_path):
     assert mqa["kv_cache/ratio_vs_mha"] == 1 / (2 * 4)
     assert mqa["train/flops_per_token"] < mha["train/flops_per_token"]
     assert "k_eq_v_mqa" in out.stdout and "decode@32" in out.stdout
+    assert "qkvlab: warning: --repeats 1 gives no noise estimate" in out.stderr
 
 
 def test_bench_rejects_variant_override_in_one_line(run_cli):
@@ -64,3 +67,27 @@ def test_overrides_may_come_before_and_after_options():
     ns = parse_args(["model=small", "--variants", "mha,k_eq_v", "--no-loop", "train.compile=true", "--steps", "3"])
     assert ns.overrides == ["model=small", "train.compile=true"]
     assert ns.variants == "mha,k_eq_v" and ns.no_loop and ns.steps == 3
+
+
+def _row(variant, step_s, overhead, noise, decode=100.0, prefill=1000.0):
+    return {"variant": variant, "train/step_s": step_s, "loop/overhead": overhead,
+            "inference": {"64": {"prefill_tokens_per_s": prefill, "decode_tokens_per_s": decode}},
+            "noise": {"step ms": noise, "loop/overhead": noise, "prefill@64": noise, "decode@64": noise}}
+
+
+def test_figures_within_their_own_noise_are_warned_about():
+    from qkvlab.bench.noise import noise_warnings, spread
+
+    assert spread([1.0]) is None and spread([1.0, 2.0, 4.0]) == pytest.approx(1.5)
+    report = {"timing": {"repeats": 3}, "variants": [
+        _row("mha", 0.100, 2.40, noise=3.1),  # loop +240% from blocks that vary by 310%: noise
+        _row("k_eq_v", 0.050, 0.01, noise=0.02, decode=101.0),
+    ]}
+    lines = noise_warnings(report)
+    assert lines[0] == ("loop +% is within its own noise for mha (+240.0%, the blocks vary by 310.0%), "
+                        "k_eq_v (+1.0%, the blocks vary by 2.0%); raise --steps or --repeats")
+    # against mha's noisy blocks every difference of k_eq_v is noise, the halved step time included
+    assert lines[1].startswith("these differences from mha are within their own noise: k_eq_v step ms -50.0% (blocks vary by 310.0%)")
+    quiet = {"timing": {"repeats": 5}, "variants": [_row("mha", 0.100, 0.10, 0.01), _row("k_eq_v", 0.050, 0.10, 0.01, decode=150.0, prefill=900.0)]}
+    assert noise_warnings(quiet) == []
+    assert noise_warnings({"timing": {"repeats": 1}, "variants": quiet["variants"]})[0].startswith("--repeats 1 gives no noise estimate")

@@ -31,6 +31,11 @@ def test_eval_reproduces_training_and_generate_samples(run_cli, tmp_path):
     tokens = cached.stdout.split()
     assert len(tokens) == 11 and tokens[:5] == ["3", "70", "5", "90", "3"]
     assert cached.stdout == recomputed.stdout
+    several = run_cli(*args, "--temperature", "0", "--num-samples", "2")
+    assert several.returncode == 0, several.stderr
+    lines = several.stdout.splitlines()
+    assert lines[0] == "--- sample 1 of 2 ---" and lines[2] == "--- sample 2 of 2 ---" and len(lines) == 4
+    assert lines[1] == lines[3] and lines[1].split()[:5] == ["3", "70", "5", "90", "3"]  # greedy: the same sample twice
 
     bad = run_cli("generate", "run", "--prompt", "3 999")
     assert bad.returncode != 0

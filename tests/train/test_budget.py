@@ -19,6 +19,18 @@ def test_steps_follow_tokens_per_param():
     assert resolve_steps(make_config("train.steps=300"), 10_000).train.steps == 300
 
 
+@pytest.mark.parametrize("steps, every", [(5, 1), (100, 10), (300, 30), (1000, 100), (19073, 100)])
+def test_a_null_eval_every_evaluates_ten_times_and_at_least_every_100_steps(steps, every):
+    assert make_config(f"train.steps={steps}").train.eval_every is None  # the hash sees the null
+    assert resolve_steps(make_config(f"train.steps={steps}"), 10_000).train.eval_every == every
+    assert resolve_steps(make_config(f"train.steps={steps}", "train.eval_every=7"), 10_000).train.eval_every == 7
+
+
+def test_a_null_eval_every_follows_the_steps_a_token_budget_gives():
+    cfg = make_config("data.seq_len=32", "data.batch_size=64", "train.tokens_per_param=20")
+    assert resolve_steps(cfg, 10_000).train.eval_every == math.ceil(200_000 / 2048) // 10
+
+
 @pytest.mark.parametrize("bad", ["0", "-5.0"])
 def test_non_positive_tokens_per_param_is_refused(bad):
     with pytest.raises(ConfigError, match=r"train.tokens_per_param=.* is out of range; give a value > 0"):

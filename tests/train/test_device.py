@@ -27,3 +27,14 @@ def test_auto_precision_is_bf16_only_where_bf16_matmuls_are_native(flags):
     flags("avx512_bf16")
     assert dev.resolve_precision("fp32", cpu) == "fp32"
 
+
+
+def test_the_summary_says_why_auto_picked_its_precision(flags):
+    cpu = torch.device("cpu")
+    flags("avx2", "fma")
+    assert dev.precision_choice("auto", cpu) == ("fp32", "precision=auto -> fp32 (CPU without native bf16 matmuls: no AMX or AVX512-BF16)")
+    assert dev.precision_choice("auto", torch.device("cuda")) == ("bf16", "precision=auto -> bf16 (CUDA)")
+    assert dev.precision_choice("bf16", cpu) == ("bf16", "precision=bf16 (set by train.precision)")
+    flags("amx_bf16", "avx512_bf16")
+    if torch.backends.mkldnn.is_available():
+        assert dev.precision_choice("auto", cpu) == ("bf16", "precision=auto -> bf16 (CPU with native bf16 matmuls: amx_bf16, avx512_bf16)")

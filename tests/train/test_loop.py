@@ -124,3 +124,30 @@ def test_a_run_resumed_mid_window_logs_the_same_auxiliary_means(tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("throughput")} for r in rows]
     assert strip(_losses(tmp_path / "b")) == strip(_losses(tmp_path / "a"))
     assert any("train/aux/load_balance" in r for r in _losses(tmp_path / "b"))
+
+
+SHORT = ("logger=none", "train.steps=20", "train.log_every=5", "data.batch_size=8", "data.seq_len=16", "data.val_size=64")
+
+
+def test_short_run_evaluates_ten_times_by_default_and_says_its_precision(tmp_path, capsys):
+    """train.eval_every left null evaluates every steps/10; the summary says which precision ran and why."""
+    import torch
+
+    from qkvlab.train.device import precision_choice
+
+    s = run(make_config(*SHORT, "train.progress=false"), tmp_path)
+    assert [r["step"] for r in _losses(tmp_path) if "val/loss" in r] == list(range(2, 21, 2))
+    precision, why = precision_choice("auto", torch.device("cpu"))
+    assert s["precision"] == precision and s["precision_reason"] == why
+    assert f"\n  {why}\n" in capsys.readouterr().out
+    assert why.startswith(f"precision=auto -> {precision} (CPU ")
+
+
+def test_progress_under_a_non_terminal_prints_plain_lines(tmp_path, capsys):
+    """stderr is a pipe or a file (a SLURM log): no carriage-return redraws, a plain line every steps/20."""
+    run(make_config(*SHORT, "train.eval_every=10", "train.progress=true", "train.steps=40"), tmp_path)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith("mha: step ")]
+    assert [line.split()[2] for line in lines] == [f"{n}/40" for n in range(2, 41, 2)]
+    assert "loss=" in lines[-1] and "val=" in lines[-1] and "100%" in lines[-1]
