@@ -173,6 +173,9 @@ def train_command(args: list[str]) -> None:
 
     register_configs()
     parsed, _ = get_args_parser().parse_known_args(args)
+    if parsed.config_dir and not Path(parsed.config_dir).is_dir():
+        fail(f"--config-dir {parsed.config_dir} is not a directory; give the folder that holds your own "
+             "config groups (e.g. DIR/experiment/my_study.yaml)")
     if not (parsed.help or parsed.hydra_help or parsed.shell_completion):
         try:
             writes = not (parsed.cfg or parsed.info)

@@ -1,6 +1,6 @@
 """Typed, strict configuration.
 
-Hydra composes `conf/`; these dataclasses are the schema it merges into, so an
+Hydra composes `qkvlab/conf/`; these dataclasses are the schema it merges into, so an
 unknown key fails at composition with its full name. `validate` then checks the
 values that a schema cannot (ranges, choices, cross-field rules) and raises a
 `ConfigError` whose message is one line that says what to change.
@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from qkvlab.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# The Hydra configs ship inside the package (package data), so an installed wheel finds them too.
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 SHARINGS = ("mha", "q_eq_k", "k_eq_v", "q_eq_k_eq_v")
 POSITIONS = ("rope", "learned", "none")
 NORMS = ("rmsnorm", "layernorm")
@@ -179,7 +180,7 @@ class LoggerConfig:
     mode: str = "auto"
     project: str = "qkvlab"
     entity: Optional[str] = None
-    # None: the experiment name, so seeds of one sweep group together.
+    # None: the study's `name`, so the jobs of one study group together.
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
 
@@ -187,7 +188,8 @@ class LoggerConfig:
 @dataclass
 class Config:
     seed: int = 0
-    experiment: str = "default"
+    # The study: its runs go to outputs/<name>/ and share a W&B group. Presets (experiment=PRESET) set it.
+    name: str = "default"
     variant: VariantConfig = field(default_factory=VariantConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -197,8 +199,8 @@ class Config:
 
 
 def register_configs() -> None:
-    """Put the schema in Hydra's ConfigStore; `conf/config.yaml` lists it first in its defaults."""
-    # conf/hydra/launcher/joblib.yaml takes the joblib plugin's name on purpose (qkvlab/train/launcher.py).
+    """Put the schema in Hydra's ConfigStore; `qkvlab/conf/config.yaml` lists it first in its defaults."""
+    # qkvlab/conf/hydra/launcher/joblib.yaml takes the joblib plugin's name on purpose (qkvlab/train/launcher.py).
     warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/joblib' is validated against ConfigStore schema")
     ConfigStore.instance().store(name="qkvlab_schema", node=Config)
 
@@ -331,8 +333,17 @@ def check_floats(cfg: Config) -> None:
             raise ConfigError(f"{key}={value} is out of range{give}")
 
 
+def check_name(name: str) -> None:
+    """`name` is one folder under outputs/ and a W&B group: one plain path component."""
+    if name in ("", ".", "..") or any(sep in name for sep in ("/", "\\")):
+        raise ConfigError(
+            f"name={name!r} cannot name a folder under outputs/; give one word without slashes, e.g. name=my_study"
+        )
+
+
 def validate(cfg: Config) -> None:
     check_floats(cfg)
+    check_name(cfg.name)
     m, v, d, o, t, lg = cfg.model, cfg.variant, cfg.data, cfg.optim, cfg.train, cfg.logger
     _choice(v.sharing, SHARINGS, "variant.sharing")
     _choice(m.positions, POSITIONS, "model.positions")
@@ -413,12 +424,15 @@ def describe_error(exc: BaseException) -> str:
             missing = (err.missing_cfg_file or "").strip("/")
             group, _, option = missing.rpartition("/")
             if group and err.options is not None:
-                return f"{group}={option} is not a known option; choose one of: {', '.join(sorted(err.options))}"
+                adhoc = f"; to name a study of your own, use name={option}" if group == "experiment" else ""
+                return f"{group}={option} is not a known option; choose one of: {', '.join(sorted(err.options))}{adhoc}"
             return str(err).splitlines()[0]
         if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and getattr(err, "full_key", None):
             parent = err.full_key.rpartition(".")[0]
             known = _known_keys(parent)
             hint = f"; known keys{' in ' + parent if parent else ''}: {', '.join(known)}" if known else ""
+            if err.full_key == "experiment":  # a preset written for qkvlab before `name` took over the key
+                hint = "; a preset names its study with the key name (name: my_study)"
             return f"unknown config key '{err.full_key}'{hint}"
         if isinstance(err, OmegaConfBaseException) and getattr(err, "full_key", None):
             return f"{err.full_key}: {str(err.msg).splitlines()[0]}"

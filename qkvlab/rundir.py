@@ -56,7 +56,10 @@ class Run:
     @cached_property
     def config(self) -> dict[str, Any]:
         path = self.path / ".hydra" / "config.yaml"
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else {}
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=False) if path.exists() else {}
+        if isinstance(config.get("experiment"), str) and "name" not in config:  # saved before `name` took the key
+            config["name"] = config.pop("experiment")
+        return config
 
     @cached_property
     def run_id(self) -> str | None:

@@ -1,9 +1,9 @@
 """Content-addressed run directories.
 
-A job's directory is `outputs/<experiment>/<variant>-<data>-s<seed>-<hash>`,
+A job's directory is `outputs/<name>/<variant>-<data>-s<seed>-<hash>`,
 where the hash covers every value of the job's resolved config that differs
 from the schema's default (qkvlab/config.py), except keys that cannot change
-the result (logging, progress bars, resume policy). So the same config always
+the result (logging, progress bars, resume policy, the study's name). So the same config always
 lands in the same directory, whether it came from a single run or from a
 sweep, and however it was spelled on the command line; re-running a sweep
 then finds each job's earlier directory, skips the completed ones and resumes
@@ -11,7 +11,7 @@ the rest. Leaving defaults out keeps directories stable when a new qkvlab
 version adds a config key: a key left at its default changes no hash.
 
 Hydra resolves `${qkvlab_run_id:}` in `hydra.run.dir` and `hydra.sweep.subdir`
-(conf/config.yaml) inside each job's own process, so this module registers the
+(qkvlab/conf/config.yaml) inside each job's own process, so this module registers the
 resolver on import; `qkvlab.train.entry` imports it for every launcher.
 """
 
@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 # Dotted keys (or their prefixes) left out of the hash: they change how a run
 # is watched, checkpointed or restarted, never what it computes.
-NOT_HASHED = ("hydra", "logger", "train.progress", "train.resume", "train.checkpoint_every", "train.keep_checkpoints")
+# The study's `name` only says where a run is filed: one config trained for two studies is one computation.
+NOT_HASHED = ("hydra", "logger", "name", "train.progress", "train.resume", "train.checkpoint_every", "train.keep_checkpoints")
 HASH_LEN = 8
 # The longest file or directory name most file systems allow, in bytes.
 NAME_MAX = 255
@@ -78,6 +79,51 @@ def readable_name(config: dict[str, Any]) -> str:
 
 def run_id(config: dict[str, Any]) -> str:
     return f"{readable_name(config)}-{config_hash(config)}"
+
+
+# W&B caps a tag at 64 characters; a run name this long is still readable in its tables.
+TAG_MAX = 64
+WANDB_NAME_MAX = 128
+# Overrides that say which study a run is filed under, not what it is: its W&B group says that.
+NOT_LABELS = ("experiment",)
+# Choices already in the readable part of a run's name (their sub-keys, like variant.kv_group_size, are not).
+IN_NAME = ("variant", "data", "seed")
+
+
+def varying(overrides: Sequence[str], config: dict[str, Any]) -> list[str]:
+    """`key=value` for each override of this job that can change its result, as the resolved config spells it.
+
+    A job's overrides are what sets it apart from its group's base config (the
+    defaults, or the preset that names the group): a sweep's axes and any other
+    key given on the command line. `optim.lr=1e-3` and `optim.lr=0.001` read
+    the same; a group option (`model=small`) reads as given."""
+    from qkvlab.config import flatten
+
+    flat = flatten(config)
+    out: dict[str, str] = {}
+    for override in overrides:
+        raw, eq, value = override.partition("=")
+        key = raw.lstrip("+~").replace("/", ".")
+        if not eq or under(key, NOT_HASHED + NOT_LABELS):
+            continue
+        out[key] = f"{key}={_spelled(flat[key])}" if key in flat else f"{key}={value}"
+    return list(out.values())
+
+
+def _spelled(value: Any) -> str:
+    """A config value as an override writes it (`true`, `null`, `0.001`)."""
+    return json.dumps(value) if isinstance(value, bool) or value is None else str(value)
+
+
+def wandb_labels(config: dict[str, Any], overrides: Sequence[str]) -> tuple[str, list[str]]:
+    """A W&B run's name and tags: the run directory's name (its hash tells any two configs apart)
+    followed by what the job sets beyond its group's base; each of those is also a tag, to filter by."""
+    keys = varying(overrides, config)
+    extra = [k for k in keys if k.partition("=")[0] not in IN_NAME]
+    name = " ".join([run_id(config), *extra])
+    if len(name) > WANDB_NAME_MAX:
+        name = name[: WANDB_NAME_MAX - 3] + "..."
+    return name, [k if len(k) <= TAG_MAX else k[: TAG_MAX - 3] + "..." for k in keys]
 
 
 def job_config(root: DictConfig) -> dict[str, Any]:

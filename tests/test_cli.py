@@ -75,3 +75,40 @@ def test_same_command_again_skips_and_resume_never_retrains(run_cli, tmp_path):
     rows = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows].count(10) == 2  # one train and one val row, not duplicated
     assert json.loads(first)["val/loss"] == json.loads((run_dir / "summary.json").read_text())["val/loss"]
+
+
+def _run_record_holds(blob: bytes, field: str, value: str) -> bool:
+    """Whether a W&B offline file holds `value` as the run record's `field` (protobuf: key, length, bytes)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    number, data = pb.RunRecord.DESCRIPTOR.fields_by_name[field].number, value.encode()
+    assert len(data) < 128  # a one-byte length
+    return bytes([number << 3 | 2, len(data)]) + data in blob
+
+
+def test_a_named_sweep_has_its_own_folder_w_and_b_group_run_names_and_one_upload_command(run_cli, tmp_path):
+    import shlex
+    import subprocess
+
+    fast = ["data.seq_len=16", "data.batch_size=8", "data.val_size=32", "train.log_every=2", "train.eval_every=2"]
+    proc = run_cli("train", "-m", "name=my_study", "train.steps=2,4", "logger=wandb", *fast, "train.progress=false",
+                   env_extra={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    runs = _run_dirs(tmp_path / "outputs")
+    assert [r.parent for r in runs] == [tmp_path / "outputs" / "my_study"] * 2
+    names = set()
+    for run in runs:
+        steps = json.loads((run / "summary.json").read_text())["step"]
+        (blob,) = [f.read_bytes() for f in run.glob("wandb/offline-run-*/run-*.wandb")]
+        name = " ".join([run.name, f"train.steps={steps}", *fast])
+        assert _run_record_holds(blob, "display_name", name), name
+        assert _run_record_holds(blob, "run_group", "my_study") and _run_record_holds(blob, "tags", f"train.steps={steps}")
+        names.add(name)
+    assert len(names) == 2
+
+    said = [line for line in proc.stdout.splitlines() if "wandb sync" in line]
+    assert len(said) == 1 and said[0].startswith("qkvlab: W&B is offline; upload this sweep's 2 runs with: wandb sync ")
+    command = shlex.split(said[0].split(" with: ", 1)[1])
+    assert all((tmp_path / p).is_dir() for p in command[2:]) and len(command) == 4
+    dry = subprocess.run([*command, "--dry-run"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "Would sync 2 run(s)" in dry.stdout + dry.stderr, dry.stdout + dry.stderr

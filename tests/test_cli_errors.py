@@ -31,7 +31,7 @@ def test_help_still_needs_no_valid_overrides(capsys):
 
 
 @pytest.mark.parametrize("override,quoted", [
-    ("experiment=ablation–1", "experiment='ablation–1'"),
+    ("name=ablation–1", "name='ablation–1'"),
     ("logger.tags=[café,b]", "logger.tags=['café','b']"),
 ])
 def test_unquoted_non_ascii_value_says_how_to_quote_it(override, quoted, capsys):

@@ -47,6 +47,9 @@ BAD = [
     (["train.device=tpu"], ["train.device", "auto, cpu, cuda, mps"]),
     (["model.n_layers=abc"], ["model.n_layers", "abc"]),
     (["-m", "variant=mha,nope"], ["variant=nope", "choose one of", "sweep job 1"]),
+    (["experiment=my_study"], ["experiment=my_study is not a known option", "ci_smoke", "use name=my_study"]),
+    (["--config-dir", "no/such/dir", "--cfg", "job"], ["--config-dir no/such/dir is not a directory", "experiment/my_study.yaml"]),
+    (["name=a/b"], ["name='a/b' cannot name a folder under outputs/", "name=my_study"]),
 ]
 
 

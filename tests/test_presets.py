@@ -40,7 +40,7 @@ def test_preset_composes_and_says_what_it_measures(name, tmp_path):
         jobs = {tuple(o for o in job if not o.startswith("seed=")) for job in expand_sweep([f"experiment={name}", *extra], params)}
         for job in sorted(jobs):
             checked(compose("config", overrides=list(job)))
-    assert typed.experiment == name
+    assert typed.name == name
 
 
 def test_ci_smoke_sweeps_every_variant_over_two_seeds():

@@ -44,3 +44,9 @@ def test_a_run_killed_while_running_reads_as_unfinished_and_a_held_one_as_runnin
     with hold(tmp_path):
         assert load_run(tmp_path).status == "running"
     assert load_run(tmp_path).status == "unfinished"
+
+
+def test_a_config_saved_before_name_took_the_key_reads_with_its_name(tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("seed: 0\nexperiment: ci_smoke\n")
+    assert load_run(tmp_path).config == {"seed": 0, "name": "ci_smoke"}

@@ -48,3 +48,37 @@ def test_presets_put_runs_under_their_experiment(tmp_path):
     assert str(cfg.hydra.run.dir).startswith("outputs/ci_smoke/gqa-sort-s0-")
     assert str(cfg.hydra.sweep.dir) == "outputs/ci_smoke"
     assert cfg.hydra.run.dir.endswith(cfg.hydra.sweep.subdir)  # a single run and a sweep job share the directory
+
+
+def test_the_study_name_files_a_run_but_does_not_change_its_hash(job_id):
+    base = job_id("variant=mha")
+    assert job_id("variant=mha", "name=my_study") == base
+    assert job_id("variant=mha", "experiment=ci_smoke").rsplit("-", 1)[1] != base.rsplit("-", 1)[1]  # the preset's settings do
+
+
+def _labels(*overrides: str) -> tuple[str, list[str]]:
+    from qkvlab.runname import wandb_labels
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    return wandb_labels(OmegaConf.to_container(cfg, resolve=True), overrides)
+
+
+def test_two_configs_that_differ_get_different_wandb_names():
+    (long, long_tags), (short, short_tags) = _labels("train.steps=300"), _labels("train.steps=100")
+    assert long != short
+    assert short.startswith("mha-sort-s0-") and short.endswith(" train.steps=100")
+    assert short_tags == ["train.steps=100"] and long_tags == ["train.steps=300"]
+    # The same overrides on a different base (a preset, or an edited config file) still differ, by the hash.
+    assert _labels("experiment=ci_smoke", "train.steps=100")[0] != short
+
+
+def test_wandb_labels_name_what_varies_not_where_it_is_filed_or_how_it_is_watched():
+    name, tags = _labels(
+        "experiment=ci_smoke", "name=my_study", "variant=k_eq_v", "seed=1", "optim.lr=1e-3",
+        "variant.qk_norm=true", "logger.mode=offline", "train.progress=false", "hydra.job.name=x",
+    )
+    assert name.split(" ", 1)[1] == "optim.lr=0.001 variant.qk_norm=true"  # variant and seed are in the first part
+    assert name.split(" ", 1)[0].startswith("k_eq_v-sort-s1-")
+    assert tags == ["variant=k_eq_v", "seed=1", "optim.lr=0.001", "variant.qk_norm=true"]

@@ -19,7 +19,7 @@ from qkvlab.runname import under
 
 # Config keys that never define a group: seeds are what we aggregate over, the
 # rest only change how a run was watched or restarted.
-NOT_GROUPING = ("seed", "logger", "train.progress", "train.resume", "experiment")
+NOT_GROUPING = ("seed", "logger", "train.progress", "train.resume", "name")
 METRICS = (
     "val/loss",
     "best/val/loss",

@@ -51,7 +51,7 @@ def to_point(run: Run, metric: str) -> Point:
     loss = s.get(metric)
     return Point(
         run=run,
-        experiment=str(s.get("experiment") or cfg.get("experiment") or ""),
+        experiment=str(s.get("experiment") or cfg.get("name") or ""),
         variant=str(s.get("variant") or variant.get("name") or "?"),
         model=str(s.get("model") or model.get("name") or "?"),
         seed=int(s.get("seed", cfg.get("seed", 0))),

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import netrc
 import os
+import shlex
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 from urllib.parse import urlparse
 
 from qkvlab.errors import error_line
@@ -47,6 +48,22 @@ def server_unreachable(timeout: float = 3.0) -> str | None:
     return None
 
 
+def unsynced_offline_runs(run_dir: Path) -> list[Path]:
+    """A run directory's offline W&B runs that `wandb sync` has not uploaded yet (it marks those it has
+    with a `.wandb.synced` file); a resumed run can hold several, each with part of its history."""
+    return [
+        d for d in sorted(Path(run_dir, "wandb").glob("offline-run-*"))
+        if any(d.glob("*.wandb")) and not any(d.glob("*.wandb.synced"))
+    ]
+
+
+def sync_command(offline_runs: Sequence[Path]) -> str:
+    """One `wandb sync` line for all of them, with paths relative to the working directory where they lie under it."""
+    here = Path.cwd().resolve()
+    paths = [str(p.resolve().relative_to(here)) if p.resolve().is_relative_to(here) else str(p.resolve()) for p in offline_runs]
+    return " ".join(["wandb", "sync", *map(shlex.quote, paths)])
+
+
 class WandbSink:
     """Online falls back to offline, offline to nothing; each fallback is said once, and
     an error while logging turns the sink off rather than stopping the run."""
@@ -62,6 +79,8 @@ class WandbSink:
         config: dict[str, Any],
         mode: str,
         run_id: str | None = None,
+        tags: Sequence[str] = (),
+        announce_offline: bool = True,
     ):
         import wandb
 
@@ -74,7 +93,7 @@ class WandbSink:
             group=group,
             job_type=job_type,
             name=name,
-            tags=list(lg.tags),
+            tags=list(dict.fromkeys([*lg.tags, *tags])),
             config=config,
             dir=str(run_dir),
             id=run_id,
@@ -95,7 +114,7 @@ class WandbSink:
                 print(f"qkvlab: W&B online failed ({why}); fell back to offline, upload later with: wandb sync {self.offline_dir}", flush=True)
         else:
             self._start(mode)
-            if mode == "offline":
+            if mode == "offline" and announce_offline:
                 print(f"qkvlab: W&B is offline; upload later with: wandb sync {self.offline_dir}", flush=True)
 
     def _start(self, mode: str) -> None:

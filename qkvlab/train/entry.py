@@ -122,7 +122,7 @@ def _train_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> JobResult | No
             raise
         return job_failed(run_dir, multirun, EXIT_BAD_INPUT, describe_error(exc))
     try:
-        return JobResult(run(typed, run_dir, identity))
+        return JobResult(run(typed, run_dir, identity, list(HydraConfig.get().overrides.task), multirun))
     except Preempted as exc:
         name = signal.Signals(exc.signum).name
         print(
@@ -148,7 +148,7 @@ def holds_results(run_dir: Path) -> bool:
 def save_hydra_files(run_dir: Path, cfg: DictConfig) -> None:
     """.hydra/{config,hydra,overrides}.yaml, written once the job holds the directory and accepted its config.
 
-    Hydra would write them before the job starts (conf/config.yaml sets
+    Hydra would write them before the job starts (qkvlab/conf/config.yaml sets
     hydra.output_subdir to null), over the config of a run that another process
     is training, or of a finished run that another config is then refused from."""
     from hydra.core.utils import _save_config

@@ -408,7 +408,7 @@ def base_summary(cfg: Config, info: RunInfo | None) -> dict[str, Any]:
         "model": cfg.model.name,
         "data": cfg.data.name,
         "seed": cfg.seed,
-        "experiment": cfg.experiment,
+        "experiment": cfg.name,  # the study (`name`); summaries have said "experiment" from the start
     }
     if info is not None:
         out.update(device=info.device, precision=info.precision, precision_reason=info.precision_reason)

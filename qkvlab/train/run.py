@@ -8,7 +8,7 @@ error line), and its W&B run is finished.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from qkvlab.errors import error_line
 from qkvlab.files import write_json_atomic
@@ -16,26 +16,33 @@ from qkvlab.config import Config, as_dict
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.track.wandb_sink import WandbSink, resolve_mode
 from qkvlab.train.loop import RunInfo, Trainer, base_summary, config_record
-from qkvlab.runname import readable_name
+from qkvlab.runname import wandb_labels
 from qkvlab.train.resume import new_run_id, read_run_file, restore, write_run_file
 from qkvlab.train.signals import Preempted, StopRequest
 
 
-def make_sinks(cfg: Config, run_dir: Path, info: RunInfo, run_id: str | None = None) -> list:
+def make_sinks(
+    cfg: Config, run_dir: Path, info: RunInfo, run_id: str | None = None, overrides: Sequence[str] = (), in_sweep: bool = False
+) -> list:
+    """`overrides`: the job's command-line and sweep overrides, which name and tag its W&B run; in a sweep
+    the upload command is said once at the end (qkvlab/train/sweep_report.py), not by every job."""
     mode = resolve_mode(cfg.logger)
     if mode == "disabled":
         return []
+    name, tags = wandb_labels(as_dict(cfg), overrides)
     try:
         return [
             WandbSink(
                 cfg.logger,
                 run_dir,
-                name=readable_name(as_dict(cfg)),
-                group=cfg.logger.group or cfg.experiment,
+                name=name,
+                group=cfg.logger.group or cfg.name,
                 job_type=cfg.variant.name,
                 config=config_record(cfg, info),
                 mode=mode,
                 run_id=run_id,
+                tags=tags,
+                announce_offline=not in_sweep,
             )
         ]
     except Exception as exc:  # W&B is a view; metrics.jsonl keeps everything
@@ -47,7 +54,9 @@ def status_of(exc: BaseException) -> str:
     return "interrupted" if isinstance(exc, (KeyboardInterrupt, Preempted)) else "failed"
 
 
-def run(cfg: Config, run_dir: Path, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+def run(
+    cfg: Config, run_dir: Path, identity: dict[str, Any] | None = None, overrides: Sequence[str] = (), in_sweep: bool = False
+) -> dict[str, Any]:
     """Train (or continue training) in `run_dir`; SIGTERM/SIGINT end it at a step boundary with `Preempted`.
 
     `identity` (the config's hash and values) goes into run.json, and summary.json
@@ -66,7 +75,7 @@ def run(cfg: Config, run_dir: Path, identity: dict[str, Any] | None = None) -> d
         with StopRequest() as stop:
             trainer = Trainer(cfg, run_dir)
             restore(trainer, run_dir)
-            writer = MetricsWriter(run_dir, make_sinks(cfg, run_dir, trainer.info, meta["wandb_id"]))
+            writer = MetricsWriter(run_dir, make_sinks(cfg, run_dir, trainer.info, meta["wandb_id"], overrides, in_sweep))
             result = trainer.fit(writer, stop)
         summary = {**base_summary(cfg, trainer.info), **result, "status": "completed"}
         writer.summary(summary)

@@ -1,8 +1,8 @@
-"""The end of a sweep: a table of the jobs that did not complete, and why.
+"""The end of a sweep: a table of the jobs that did not complete, and why; one command that uploads its offline W&B runs.
 
 Read from the run directories (summary.json), so it works the same for every
 Hydra launcher, jobs run in other processes or on other machines included.
-The sweep directory (outputs/<experiment>) also holds the runs of earlier
+The sweep directory (outputs/<name>) also holds the runs of earlier
 sweeps; this sweep's jobs are those Hydra wrote a config for since it began.
 A job refused before it may write its run directory (another process holds it,
 or it was trained with another config) leaves a note in the sweep directory's
@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from qkvlab.files import write_json_atomic
 from qkvlab.rundir import Run, find_runs
+from qkvlab.track.wandb_sink import sync_command, unsynced_offline_runs
 
 _failed: list[Run] = []
 REFUSED = ".qkvlab-refused"
@@ -86,5 +87,8 @@ class FailedJobsReport(Callback):
         _failed[:] = bad
         if not bad:
             print(f"qkvlab: all {len(runs)} jobs completed ({root})", flush=True)
-            return
-        print(f"qkvlab: {len(bad)} of {len(runs)} jobs did not complete ({root}):\n{failure_table(bad, root)}", flush=True)
+        else:
+            print(f"qkvlab: {len(bad)} of {len(runs)} jobs did not complete ({root}):\n{failure_table(bad, root)}", flush=True)
+        offline = [d for r in runs for d in unsynced_offline_runs(r.path)]
+        if offline:
+            print(f"qkvlab: W&B is offline; upload this sweep's {len(offline)} runs with: {sync_command(offline)}", flush=True)

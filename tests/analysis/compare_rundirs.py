@@ -28,7 +28,7 @@ def make_run(
     (run / ".hydra").mkdir(parents=True)
     config = {
         "seed": seed,
-        "experiment": "hand",
+        "name": "hand",
         "variant": {"name": variant, "sharing": variant if variant != "gqa" else "mha"},
         "model": {"name": "tiny", "d_model": 64},
         "data": {"name": task, "task": task, "seq_len": 32},

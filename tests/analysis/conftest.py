@@ -30,7 +30,7 @@ def write_run(
     """A run directory as the trainer writes it: .hydra/config.yaml, metrics.jsonl, summary.json."""
     (path / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(
-        {"seed": seed, "experiment": experiment, "variant": {"name": variant}, "model": {"name": model},
+        {"seed": seed, "name": experiment, "variant": {"name": variant}, "model": {"name": model},
          "data": {"seq_len": seq_len}, "train": {"tokens_per_param": tokens_per_param}},
         path / ".hydra" / "config.yaml",
     )

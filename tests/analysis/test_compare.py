@@ -70,7 +70,7 @@ def test_other_differing_keys_make_groups_and_best_of_picks_each_variants_lr(tmp
             make_run(tmp_path, f"kv-{lr}-{seed}", variant="k_eq_v", seed=seed, lr=lr, loss=loss + 0.01 * seed)
     runs = find_runs([tmp_path])
     plain = compare(runs)
-    assert plain.varying == ["optim.lr"]  # seed, logger.* and experiment never split groups
+    assert plain.varying == ["optim.lr"]  # seed, logger.* and the study's name never split groups
     assert set(by_variant(plain)) == {"mha optim.lr=0.001", "mha optim.lr=0.003", "k_eq_v optim.lr=0.001", "k_eq_v optim.lr=0.003"}
     assert by_variant(plain)["k_eq_v optim.lr=0.003"].baseline.label == "mha optim.lr=0.003"
     best = compare(runs, best_of=["optim.lr"])

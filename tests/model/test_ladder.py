@@ -42,6 +42,6 @@ def test_experiment_presets_compose_and_sweep(preset, swept, tpp):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True)
-    assert cfg.experiment == preset and cfg.train.tokens_per_param == tpp
+    assert cfg.name == preset and cfg.train.tokens_per_param == tpp
     params = cfg.hydra.sweeper.params
     assert len(str(params[swept]).split(",")) >= 3 and "k_eq_v" in params.variant
