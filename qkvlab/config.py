@@ -73,6 +73,11 @@ class VariantConfig:
     # RoPE query/key part (null: d_head / 2).
     kv_rank: Optional[int] = None
     rope_dim: Optional[int] = None
+    # The study's asymmetric "+" (qkvlab/model/plus.py): scores S' = S·c + Σ w·P + b with a learned 2-D
+    # positional term, on any sharing of family=shared_qkv. plus_content_scale: c = Σ w (shared, the
+    # study's) or a parameter of its own initialised to 1 (separate).
+    plus: bool = False
+    plus_content_scale: str = "shared"
 
 
 @dataclass

@@ -19,6 +19,9 @@ side by side and rotates it as one complex multiply (one pass over memory,
 less than half the time of the rotate-half form), which keeps `k_eq_v`
 decoding level with `mha` on a CPU.
 
+`plus` adds the study's learned 2-D positional term to the scores (qkvlab/model/plus.py), on
+any sharing: the asymmetric "+" variants.
+
 `v_norm` adds Gemma 4's gain-free RMSNorm on values (with QK-norm): for
 `k_eq_v`, V = norm(S) and K = RoPE(k_norm(S)) = RoPE(gain * norm(S)), so the
 one cached tensor becomes norm(S) and decoding rebuilds keys from it with the
@@ -37,6 +40,8 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from qkvlab.model.plus import PlusScores, check_plus
 
 if TYPE_CHECKING:
     from qkvlab.model.kv_cache import LayerKVCache
@@ -78,6 +83,9 @@ class AttentionSpec:
     # Routed query heads: heads each token picks per KV group, and heads per group always on (None: defaults).
     top_k: Optional[int] = None
     shared_heads: Optional[int] = None
+    # The study's "+" positional term on the scores, and what scales the content scores (plus.py).
+    plus: bool = False
+    plus_content_scale: str = "shared"
 
     @property
     def d_head(self) -> int:
@@ -85,7 +93,7 @@ class AttentionSpec:
 
     def mha_twin(self) -> "AttentionSpec":
         """`mha` of the same shape: three projections, a KV head per query head, no cross-layer sharing."""
-        return dataclasses.replace(self, sharing="mha", n_kv_heads=self.n_heads, share_every=1, kv_shared_layers=0)
+        return dataclasses.replace(self, sharing="mha", n_kv_heads=self.n_heads, share_every=1, kv_shared_layers=0, plus=False)
 
     def kv_source(self, layer: "LayerInfo") -> int:
         """The layer whose K/V this layer attends over: itself, or an earlier one it reuses."""
@@ -200,6 +208,7 @@ class SharedQKVAttention(nn.Module):
         self.k_norm = nn.RMSNorm(spec.d_head, eps=spec.norm_eps) if spec.qk_norm and not self.reuses else None
         if spec.score_scale is not None:
             self.score_scale = spec.score_scale
+        self.plus = PlusScores(spec.plus_content_scale) if spec.plus else None
 
     def _nq(self, q: torch.Tensor) -> torch.Tensor:
         return q if self.q_norm is None else self.q_norm(q)
@@ -242,6 +251,9 @@ class SharedQKVAttention(nn.Module):
         a family that changes which heads run or how they mix (routed heads) overrides this.
         `x` is the layer's input, `decoding` says whether k and v are the cache."""
         gqa = k.shape[1] != q.shape[1]
+        if self.plus is not None:
+            drop = self.spec.dropout if self.training and not decoding else 0.0
+            return self.plus.attend(q, k, v, start_pos, self.spec.causal or decoding, self.score_scale, gqa, drop)
         if decoding:
             return _decode_attention(q, k, v, start_pos, gqa, self.score_scale)
         return F.scaled_dot_product_attention(
@@ -261,6 +273,8 @@ class SharedQKVAttention(nn.Module):
 
     def init_family(self) -> None:
         """Initialise what the model's generic init (normal for matrices, ones for gains) must not touch."""
+        if self.plus is not None:
+            self.plus.init_weights()
 
     def cache_shapes(self, batch: int, max_len: int) -> list[tuple[int, ...]]:
         """The buffers this layer caches for decoding; none when it reuses another layer's."""
@@ -404,6 +418,9 @@ def check_model(cfg) -> None:
         key = "top_k" if v.top_k is not None else "shared_heads"
         raise ConfigError(f"variant.{key}={getattr(v, key)} is read only by variant.family=routed; drop it or pick family=routed")
     check_aux_weight(cfg)
+    problem = check_plus(cfg)
+    if problem:
+        raise ConfigError(problem)
     if v.family == "mla":
         from qkvlab.model.latent import check_mla
 

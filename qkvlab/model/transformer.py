@@ -161,6 +161,8 @@ def attention_spec(cfg: Config) -> AttentionSpec:
         score_scale=cfg.variant.score_scale,
         kv_rank=cfg.variant.kv_rank,
         rope_dim=cfg.variant.rope_dim,
+        plus=cfg.variant.plus,
+        plus_content_scale=cfg.variant.plus_content_scale,
         norm_eps=m.norm_eps,
     )
 
