@@ -17,19 +17,21 @@ the study's `build_2d_sincos` exactly. Since P[i, j] != P[j, i], S' is not symme
 
 `variant.plus_content_scale=separate` replaces the factor Σ_c w_c on S by a parameter of its own
 initialised to 1 (m + 2 per layer). At initialisation Σ_c w_c is N(0, m·0.02²), about ±0.06: the
-study's form shrinks the content scores some 15-fold and flips their sign in half of the layers,
+study's form shrinks the content scores some 15-fold (1/0.063) and flips their sign in half of the layers,
 so a gain of "+" over plain Q=K could come from that rescaling rather than from the asymmetry;
 `separate` keeps the content scores as they are and tests the asymmetry alone.
 
 What the softmax sees: it is shift-invariant along each row, so b and the query-position part
-f_h(i)·w[:h] do not change the attention (their gradient through the bias is zero); only the
-key-position part f_{m-h}(j)·w[h:] (a learned per-key-position score) and the content factor do.
+f_h(i)·w[:h] do not change the attention (through the bias they get no gradient; w[:h] still acts
+through Σw); only the key-position part f_{m-h}(j)·w[h:] (a learned score per key position) and the
+content factor do.
 The score matrix itself (what a symmetry score measures) includes them all, as in the study.
 
 Efficiently: the additive term is the (T, T) matrix r_i + c_j + b, built per layer from 2·T·m/2
 features (no (T, T, m) tensor) and shared by the heads, passed to SDPA as a float attn_mask with
 the causal mask folded in as -inf; the content factor multiplies the queries (SDPA's `scale` is a
-Python float, which would cut the factor's gradient). Decoding takes rows start_pos..start_pos+T
+Python float, which would cut the factor's gradient). A float mask rules out SDPA's flash kernel on a
+GPU (SDPA picks one that takes a mask). Decoding takes rows start_pos..start_pos+T
 of the same matrix over the cached keys, so it equals recomputation; the cache is untouched.
 FLOPs: the bias is one add per score entry per layer (not per head), against 2·d_head multiply-adds
 per entry and head for QK^T and AV: `score_flops_per_token` does not count it.
@@ -115,8 +117,6 @@ class PlusScores(nn.Module):
 def check_plus(cfg) -> Optional[str]:
     """What "+" cannot do, as the one line to print; None when the config is fine."""
     v = cfg.variant
-    if not isinstance(v.plus, bool):
-        return f"variant.plus={v.plus!r} is not valid; it must be true or false"
     if v.plus_content_scale not in CONTENT_SCALES:
         return f"variant.plus_content_scale={v.plus_content_scale!r} is not valid; choose one of: {', '.join(CONTENT_SCALES)}"
     if not v.plus:
