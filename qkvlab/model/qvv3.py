@@ -11,8 +11,8 @@ RoPE handling, one cached tensor per KV head.
 The trigger is eval mode (`model.eval()`), not "decoding with a cache": eval, generate and bench
 all put the model in eval mode, and so does validation during training, so every figure qkvlab
 reports for inference (val loss, decode speed, cache bytes) is the deployed `k_eq_v` model's, and
-an eval-mode forward and a cached decode run the same fused weights (decoding == recomputation
-exactly, not within the rounding of two matmul orders). The fused weight is computed once and
+an eval-mode forward and a cached decode run the same fused weights, so they agree as closely as
+`k_eq_v`'s do (a cached decode in train mode would run the factors). The fused weight is computed once and
 reused until a factor changes (an optimiser step, `load_state_dict`, a cast: the parameters'
 storage and version counters say so). With gradients enabled in eval mode it is recomputed from
 the factors each call, so gradients still reach W_q1 and W_q2.
