@@ -1,7 +1,9 @@
 import qkvlab.model.differential  # noqa: F401 - registers family=differential
 import qkvlab.model.expanded  # noqa: F401 - registers family=expanded
+import qkvlab.model.keyless  # noqa: F401 - registers family=keyless
 import qkvlab.model.latent  # noqa: F401 - registers family=mla
 import qkvlab.model.loop  # noqa: F401 - registers family=loop
+import qkvlab.model.qvv3  # noqa: F401 - registers family=qvv3
 import qkvlab.model.routed  # noqa: F401 - registers family=routed
 from qkvlab.model.attention import FAMILIES, AttentionSpec, LayerInfo, SharedQKVAttention, check_model
 from qkvlab.model.transformer import (

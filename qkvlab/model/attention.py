@@ -427,6 +427,18 @@ def check_model(cfg) -> None:
         problem = check_mla(cfg)
         if problem:
             raise ConfigError(problem)
+    if v.family == "qvv3":
+        from qkvlab.model.qvv3 import check_qvv3
+
+        problem = check_qvv3(cfg)
+        if problem:
+            raise ConfigError(problem)
+    if v.family == "keyless":
+        from qkvlab.model.keyless import check_keyless
+
+        problem = check_keyless(cfg)
+        if problem:
+            raise ConfigError(problem)
     for key in ("kv_rank", "rope_dim"):
         if getattr(v, key) is not None and v.family != "mla":
             raise ConfigError(f"variant.{key}={getattr(v, key)} is read only by variant.family=mla; drop it or pick family=mla")
