@@ -27,7 +27,9 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 SHARINGS = ("mha", "q_eq_k", "k_eq_v", "q_eq_k_eq_v")
 POSITIONS = ("rope", "learned", "none")
 NORMS = ("rmsnorm", "layernorm")
-MLPS = ("swiglu", "gelu")
+MLPS = ("swiglu", "gelu", "gelu_tanh")
+EMBEDDINGS = ("table", "onehot_linear")
+INITS = ("gpt2", "pytorch")
 MATCH_MODES = ("none", "mlp", "layers")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -96,11 +98,19 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm: str = "rmsnorm"
     norm_eps: float = 1e-5
+    # gelu: the exact (erf) GELU; gelu_tanh: GPT-2's tanh approximation; swiglu: a gated SiLU MLP.
     mlp: str = "swiglu"
+    # Linear layers, LayerNorm and the input Linear carry biases; so does an untied head.
     bias: bool = False
     dropout: float = 0.0
     tie_embeddings: bool = True
     init_std: float = 0.02
+    # table: a token-embedding table; onehot_linear: one-hot(vocab) through a Linear (the study's
+    # digit model; bias per model.bias; needs tie_embeddings=false).
+    embedding: str = "table"
+    # gpt2: N(0, init_std) matrices (residual outputs scaled by 1/sqrt(2·layers)), zero biases, unit
+    # gains; pytorch: each module's own default init (init_std unused). Families' own init runs either way.
+    init: str = "gpt2"
     # Parameter-matched control (qkvlab/model/matching.py): give a variant the parameters its
     # sharing saved, as a wider MLP (mlp) or more layers (layers), to match mha of this shape.
     match_params: str = "none"
@@ -354,7 +364,14 @@ def validate(cfg: Config) -> None:
     _choice(m.positions, POSITIONS, "model.positions")
     _choice(m.norm, NORMS, "model.norm")
     _choice(m.mlp, MLPS, "model.mlp")
+    _choice(m.embedding, EMBEDDINGS, "model.embedding")
+    _choice(m.init, INITS, "model.init")
     _choice(m.match_params, MATCH_MODES, "model.match_params")
+    if m.embedding == "onehot_linear" and m.tie_embeddings:
+        raise ConfigError(
+            "model.embedding=onehot_linear has no embedding table to tie the head to; "
+            "set model.tie_embeddings=false or use model.embedding=table"
+        )
     _choice(t.device, DEVICES, "train.device")
     _choice(t.precision, PRECISIONS, "train.precision")
     _choice(lg.backend, LOGGER_BACKENDS, "logger.backend")

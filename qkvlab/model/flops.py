@@ -5,7 +5,8 @@ Per token, a training step (forward + backward = 3x forward) costs
     6 * N_matmul  +  sum over layers of the family's score FLOPs (12 * n_heads * d_head * T)
 
 N_matmul counts the weights of every Linear, the output head included (a tied
-head is still a matmul) and embeddings excluded (a lookup is no FLOP). The
+head is still a matmul) and embeddings excluded (a lookup is no FLOP; so is the one-hot input
+Linear of model.embedding=onehot_linear, marked `lookup`). The
 second term is QK^T and AV over a context of T tokens, counted in full as in
 PaLM's MFU (causal masking is not discounted), so figures compare across codes.
 Projection sharing shrinks N_matmul; the attention term is the same for every
@@ -24,7 +25,7 @@ def matmul_params(model: nn.Module) -> int:
     seen: set[int] = set()
     total = 0
     for module in model.modules():
-        if isinstance(module, nn.Linear) and id(module.weight) not in seen:
+        if isinstance(module, nn.Linear) and not getattr(module, "lookup", False) and id(module.weight) not in seen:
             seen.add(id(module.weight))
             total += module.weight.numel()
     return total

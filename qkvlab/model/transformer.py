@@ -2,6 +2,11 @@
 
 The same model runs causal (language modelling, recall) or bidirectional (the
 digit tasks); the data config decides through `causal`.
+
+The study's digit model (model=study_digits) differs from the GPT-style default in
+its input and its initialisation: tokens enter as one-hot vectors through a Linear
+layer (`model.embedding=onehot_linear`) and every module keeps PyTorch's default
+init (`model.init=pytorch`).
 """
 
 from __future__ import annotations
@@ -26,10 +31,31 @@ def make_norm(m: ModelConfig) -> nn.Module:
     return nn.LayerNorm(m.d_model, eps=m.norm_eps, bias=m.bias)
 
 
+class OneHotLinear(nn.Linear):
+    """one-hot(vocab) @ Wᵀ + b: the study's digit-model input, literally (no embedding table).
+    Mathematically a table whose row t is column t of W plus b; kept as the matmul so that it is the
+    study's layer, bf16 autocast included. The one-hot costs batch·length·vocab values: meant for
+    small vocabularies. FLOP counts treat it as the lookup it amounts to (`lookup`)."""
+
+    lookup = True
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.one_hot(idx, self.in_features).to(self.weight.dtype))
+
+
+def make_embedding(m: ModelConfig, vocab_size: int) -> nn.Module:
+    if m.embedding == "onehot_linear":
+        return OneHotLinear(vocab_size, m.d_model, bias=m.bias)
+    return nn.Embedding(vocab_size, m.d_model)
+
+
 class MLP(nn.Module):
+    """swiglu: silu(gate)·up; gelu: the exact (erf) GELU; gelu_tanh: GPT-2's tanh approximation."""
+
     def __init__(self, m: ModelConfig):
         super().__init__()
         self.swiglu = m.mlp == "swiglu"
+        self.approximate = "tanh" if m.mlp == "gelu_tanh" else "none"
         self.up = nn.Linear(m.d_model, (2 if self.swiglu else 1) * m.d_ff, bias=m.bias)
         self.down = nn.Linear(m.d_ff, m.d_model, bias=m.bias)
 
@@ -39,7 +65,7 @@ class MLP(nn.Module):
             gate, up = h.chunk(2, dim=-1)
             h = F.silu(gate) * up
         else:
-            h = F.gelu(h)
+            h = F.gelu(h, approximate=self.approximate)
         return self.down(h)
 
 
@@ -61,7 +87,7 @@ class Transformer(nn.Module):
     def __init__(self, m: ModelConfig, spec: AttentionSpec, family: str, vocab_size: int):
         super().__init__()
         self.cfg, self.spec, self.vocab_size = m, spec, vocab_size
-        self.tok_emb = nn.Embedding(vocab_size, m.d_model)
+        self.tok_emb = make_embedding(m, vocab_size)
         self.pos_emb = nn.Embedding(m.context, m.d_model) if m.positions == "learned" else None
         self.drop = nn.Dropout(m.dropout)
         self.blocks = nn.ModuleList(Block(m, spec, family, LayerInfo(i, m.n_layers)) for i in range(m.n_layers))
@@ -69,7 +95,8 @@ class Transformer(nn.Module):
         # attribute (loop attention: 2); each pass takes the previous one's final hidden state.
         self.passes = getattr(self.blocks[0].attn, "passes", 1)
         self.norm = make_norm(m)
-        self.head = nn.Linear(m.d_model, vocab_size, bias=False)
+        # A tied head is the embedding table read backwards and has no bias; an untied one follows model.bias.
+        self.head = nn.Linear(m.d_model, vocab_size, bias=m.bias and not m.tie_embeddings)
         if m.tie_embeddings:
             self.head.weight = self.tok_emb.weight
         if m.positions == "rope":
@@ -82,7 +109,21 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 init: N(0, std), residual projections scaled by 1/sqrt(2·layers)."""
+        """model.init=gpt2: N(0, std), residual projections scaled by 1/sqrt(2·layers), zero biases, unit
+        gains. model.init=pytorch: every module's own default (Linear: U(±1/sqrt(fan_in)) for weight and
+        bias; Embedding: N(0, 1); norms: ones and zeros; a tied table takes the head's, which comes last), as the
+        study's digit model. Either way each
+        family's `init_family` runs last: its parameters have no default worth keeping."""
+        if self.cfg.init == "pytorch":
+            for module in self.modules():
+                if module is not self and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        else:
+            self._gpt2_init()
+        for block in self.blocks:
+            block.attn.init_family()
+
+    def _gpt2_init(self) -> None:
         std = self.cfg.init_std
         for name, p in self.named_parameters():
             if p.dim() < 2:
@@ -93,8 +134,6 @@ class Transformer(nn.Module):
                 continue
             scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("out.weight", "down.weight")) else 1.0
             nn.init.normal_(p, mean=0.0, std=std * scale)
-        for block in self.blocks:
-            block.attn.init_family()
 
     def rope(self, start: int, length: int, decoding: bool = False) -> Optional[Rope]:
         """Rotary tables for positions start..start+length; decoding adds the complex form
