@@ -376,6 +376,8 @@ class SharedQKVAttention(nn.Module):
 
 
 FAMILIES: dict[str, Callable[[AttentionSpec, LayerInfo], nn.Module]] = {"shared_qkv": SharedQKVAttention}
+# What a family cannot combine with: its module registers a check returning the one line to print, or None.
+FAMILY_CHECKS: dict[str, Callable[[object], Optional[str]]] = {}
 
 
 def check_model(cfg) -> None:
@@ -394,51 +396,19 @@ def check_model(cfg) -> None:
         )
     if v.share_every > 1 and v.kv_shared_layers:
         raise ConfigError("variant.share_every and variant.kv_shared_layers are two rules for the same thing; set one of them")
-    if v.family == "differential":
-        from qkvlab.model.differential import check_differential
-
-        problem = check_differential(cfg)
-        if problem:
-            raise ConfigError(problem)
-    if v.family == "loop":
-        from qkvlab.model.loop import check_loop
-
-        problem = check_loop(cfg)
-        if problem:
-            raise ConfigError(problem)
+    check = FAMILY_CHECKS.get(v.family)
+    problem = check(cfg) if check else None
+    if problem:
+        raise ConfigError(problem)
     if v.window is not None and (v.family != "loop" or v.window < 1):
         raise ConfigError(f"variant.window={v.window} is read only by variant.family=loop, as an integer >= 1; drop it or pick family=loop")
-    if v.family == "routed":
-        from qkvlab.model.routed import check_routed
-
-        problem = check_routed(cfg)
-        if problem:
-            raise ConfigError(problem)
-    elif v.top_k is not None or v.shared_heads is not None:
+    if v.family != "routed" and (v.top_k is not None or v.shared_heads is not None):
         key = "top_k" if v.top_k is not None else "shared_heads"
         raise ConfigError(f"variant.{key}={getattr(v, key)} is read only by variant.family=routed; drop it or pick family=routed")
     check_aux_weight(cfg)
     problem = check_plus(cfg)
     if problem:
         raise ConfigError(problem)
-    if v.family == "mla":
-        from qkvlab.model.latent import check_mla
-
-        problem = check_mla(cfg)
-        if problem:
-            raise ConfigError(problem)
-    if v.family == "qvv3":
-        from qkvlab.model.qvv3 import check_qvv3
-
-        problem = check_qvv3(cfg)
-        if problem:
-            raise ConfigError(problem)
-    if v.family == "keyless":
-        from qkvlab.model.keyless import check_keyless
-
-        problem = check_keyless(cfg)
-        if problem:
-            raise ConfigError(problem)
     for key in ("kv_rank", "rope_dim"):
         if getattr(v, key) is not None and v.family != "mla":
             raise ConfigError(f"variant.{key}={getattr(v, key)} is read only by variant.family=mla; drop it or pick family=mla")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qkvlab.model.attention import FAMILIES, AttentionSpec, LayerInfo, Rope, _decode_attention, rotate
+from qkvlab.model.attention import FAMILIES, FAMILY_CHECKS, AttentionSpec, LayerInfo, Rope, _decode_attention, rotate
 
 
 def lambda_init(layer: int) -> float:
@@ -114,3 +114,4 @@ def check_differential(cfg) -> Optional[str]:
 
 
 FAMILIES["differential"] = DifferentialAttention
+FAMILY_CHECKS["differential"] = check_differential

@@ -25,7 +25,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from qkvlab.model.attention import FAMILIES, AttentionSpec, LayerInfo, SharedQKVAttention
+from qkvlab.model.attention import FAMILIES, FAMILY_CHECKS, AttentionSpec, LayerInfo, SharedQKVAttention
 
 
 class KeylessAttention(SharedQKVAttention):
@@ -56,3 +56,4 @@ def check_keyless(cfg) -> Optional[str]:
 
 
 FAMILIES["keyless"] = KeylessAttention
+FAMILY_CHECKS["keyless"] = check_keyless

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qkvlab.model.attention import FAMILIES, AttentionSpec, LayerInfo, Rope, _decode_attention, rotate
+from qkvlab.model.attention import FAMILIES, FAMILY_CHECKS, AttentionSpec, LayerInfo, Rope, _decode_attention, rotate
 
 
 class LatentAttention(nn.Module):
@@ -145,3 +145,4 @@ def check_mla(cfg) -> Optional[str]:
 
 
 FAMILIES["mla"] = LatentAttention
+FAMILY_CHECKS["mla"] = check_mla

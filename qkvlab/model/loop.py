@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qkvlab.model.attention import FAMILIES, AttentionSpec, LayerInfo, Rope, SharedQKVAttention, _decode_attention
+from qkvlab.model.attention import FAMILIES, FAMILY_CHECKS, AttentionSpec, LayerInfo, Rope, SharedQKVAttention, _decode_attention
 
 DEFAULT_WINDOW = 64
 # sigmoid(2) = 0.88: mostly global at the start, with gradient still reaching the local branch.
@@ -153,3 +153,4 @@ def check_loop(cfg) -> Optional[str]:
 
 
 FAMILIES["loop"] = LoopAttention
+FAMILY_CHECKS["loop"] = check_loop

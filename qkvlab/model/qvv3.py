@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qkvlab.model.attention import FAMILIES, AttentionSpec, LayerInfo, SharedQKVAttention
+from qkvlab.model.attention import FAMILIES, FAMILY_CHECKS, AttentionSpec, LayerInfo, SharedQKVAttention
 
 
 def fold(first_w, first_b, q2_w, q2_b, d_q: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -117,3 +117,4 @@ def check_qvv3(cfg) -> Optional[str]:
 
 
 FAMILIES["qvv3"] = Qvv3Attention
+FAMILY_CHECKS["qvv3"] = check_qvv3

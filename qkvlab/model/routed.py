@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qkvlab.model.attention import FAMILIES, AttentionSpec, LayerInfo, SharedQKVAttention, _decode_attention, add_aux
+from qkvlab.model.attention import FAMILIES, FAMILY_CHECKS, AttentionSpec, LayerInfo, SharedQKVAttention, _decode_attention, add_aux
 
 DEFAULT_TOP_K = 2
 
@@ -141,3 +141,4 @@ def check_routed(cfg) -> Optional[str]:
 
 
 FAMILIES["routed"] = RoutedHeadsAttention
+FAMILY_CHECKS["routed"] = check_routed
