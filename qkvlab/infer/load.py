@@ -1,7 +1,7 @@
 """A trained run back in memory: its config (plus overrides), model and device.
 
-The config comes from the run's `.hydra/config.yaml` through `rundir`, the one
-run-directory reader; the weights from `checkpoints/final.pt`.
+The config and weights are read by `train.from_run`, the one reader of a finished run; this layer adds
+the overrides eval and generate accept and the device and precision they run at.
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ from typing import Sequence
 import torch
 from omegaconf import OmegaConf
 
-from qkvlab.checks import checked
 from qkvlab.config import Config
 from qkvlab.errors import ConfigError
 from qkvlab.data import MISSING, DataSource, build_data, check_same_data
-from qkvlab.model import Transformer, build_model
+from qkvlab.model import Transformer
 from qkvlab.rundir import Run, load_run
-from qkvlab.train.checkpoint import CHECKPOINTS, FINAL, CorruptCheckpoint, read_checkpoint
+from qkvlab.train.from_run import FINAL_CHECKPOINT, read_finished_run
 from qkvlab.train.device import autocast, compute_dtype, pick_device, resolve_precision
 
-CHECKPOINT = Path(CHECKPOINTS) / FINAL
 # What a trained run is: overriding any of these would score the weights with other token ids, another
 # task or another model. (Scoring other text with the run's tokenizer is downstream evaluation's job.)
 FIXED_PREFIXES = ("model.", "variant.")
@@ -49,7 +47,7 @@ class TrainedRun:
     def data(self, cfg: Config | None = None) -> DataSource:
         """The run's data (at `cfg`, e.g. another context length), refused unless it is what the run trained on."""
         data = build_data(cfg or self.cfg)
-        check_same_data(self.data_identity, data, str(self.run.path / CHECKPOINT), "train the run again")
+        check_same_data(self.data_identity, data, str(self.run.path / FINAL_CHECKPOINT), "train the run again")
         self.data_identity = data.identity  # an old checkpoint's note is said once; every context scores one corpus
         return data
 
@@ -58,9 +56,8 @@ class TrainedRun:
         return compute_dtype(self.precision)
 
 
-def run_config(run: Run, overrides: Sequence[str]) -> Config:
-    if not run.config:
-        raise ConfigError(f"{run.path} has no .hydra/config.yaml; pass a run directory written by qkvlab train")
+def run_overrides(run: Run, overrides: Sequence[str]):
+    """The run's saved config merged with eval's or generate's overrides, refusing those that change what it is."""
     bad = [o for o in overrides if "=" not in o or o.startswith(("+", "~"))]
     if bad:
         raise ConfigError(f"override '{bad[0]}' is not key=value; e.g. train.device=cpu data.batch_size=16")
@@ -71,25 +68,15 @@ def run_config(run: Run, overrides: Sequence[str]) -> Config:
                 f"{o} would change the data, tokenizer or model this run trained with; "
                 f"eval and generate always use the run's own: drop {key}"
             )
-    merged = OmegaConf.merge(OmegaConf.create(run.config), OmegaConf.from_dotlist(list(overrides)))
-    return checked(merged)
+    return OmegaConf.merge(OmegaConf.create(run.config), OmegaConf.from_dotlist(list(overrides)))
 
 
 def load_trained(run_dir: Path | str, overrides: Sequence[str] = ()) -> TrainedRun:
     run = load_run(run_dir)
-    if not run.path.is_dir():
-        raise ConfigError(f"run directory {run.path} does not exist")
-    cfg = run_config(run, overrides)
-    path = run.path / CHECKPOINT
-    if not path.exists():
-        raise ConfigError(f"{path} is missing; the run has not finished (status: {run.status})")
+    merged = run_overrides(run, overrides) if run.config else None
+    finished = read_finished_run(run_dir, merged=merged)
+    cfg = finished.cfg
     device = pick_device(cfg.train.device)
-    try:
-        ckpt = read_checkpoint(path)
-    except CorruptCheckpoint as exc:
-        raise ConfigError(f"{path} is {exc}; re-run training or resume it to rewrite the checkpoint") from None
-    model = build_model(cfg, ckpt["vocab_size"]).to(device)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
     precision = resolve_precision(cfg.train.precision, device)
-    return TrainedRun(run, cfg, model, device, precision, ckpt["step"], ckpt.get("data", MISSING))
+    payload = finished.payload
+    return TrainedRun(finished.run, cfg, finished.model(device), device, precision, payload["step"], payload.get("data", MISSING))
