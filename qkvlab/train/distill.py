@@ -58,13 +58,13 @@ class Distiller:
         self.alpha, self.temperature, self.amp = d.alpha, d.temperature, amp
         what = f"distill.teacher={d.teacher}"
         finished = read_finished_run(d.teacher, "distill.teacher")
-        self.path = finished.run.path
+        self.path, self.checkpoint = finished.run.path.resolve(), finished.checkpoint.resolve()
         check_same_tokens(finished, data, vocab, what, cfg.data.seq_len)
         # Building the teacher draws initial weights; the student's RNG stream must not notice.
         with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if device.type == "cuda" else []):
             self.model = finished.model(device)
         self.model.requires_grad_(False)
-        side = _sidecar(finished.checkpoint)
+        side = _sidecar(self.checkpoint)
         self.record = {
             "distill/teacher": str(self.path),
             "distill/teacher_run_id": finished.run.run_id,
@@ -84,11 +84,16 @@ class Distiller:
 
     def check_resume(self, record: Any, path: Path) -> None:
         """Refuse a checkpoint taken under another teacher, or before its teacher's final weights changed."""
-        if record is MISSING or record.get("distill/teacher_crc32") != self.record["distill/teacher_crc32"]:
-            was = "no teacher" if record is MISSING else f"teacher CRC32 {record.get('distill/teacher_crc32')}"
+        now = self.record["distill/teacher_crc32"]
+        if record is MISSING:
             raise ConfigError(
-                f"cannot resume from {path}: the teacher's final checkpoint {self.path / 'checkpoints' / 'final.pt'} "
-                f"changed since this run started ({was} -> CRC32 {self.record['distill/teacher_crc32']}); "
+                f"cannot resume from {path}: it was trained without a teacher; drop distill.teacher, "
+                "or start fresh with train.resume=never"
+            )
+        if record.get("distill/teacher_crc32") != now:
+            raise ConfigError(
+                f"cannot resume from {path}: the teacher's final checkpoint {self.checkpoint} changed since this run "
+                f"started (CRC32 {_hex(record.get('distill/teacher_crc32'))} -> {_hex(now)}); "
                 "restore that teacher, or start fresh with train.resume=never"
             )
 
@@ -125,6 +130,10 @@ def check_same_tokens(finished, data: DataSource, vocab: int, what: str, seq_len
         raise ConfigError(
             f"{what} has model.context={context}, below this run's data.seq_len={seq_len}; lower data.seq_len to {context}"
         )
+
+
+def _hex(crc: Any) -> str:
+    return f"{crc:08x}" if isinstance(crc, int) else str(crc)
 
 
 def _sidecar(path: Path) -> dict[str, Any]:

@@ -15,7 +15,8 @@ finite steps, like train/loss.
 
 With a distillation teacher (qkvlab/train/distill.py) train/loss is the
 distillation loss, the one minimised, and its terms are logged beside it as
-train/ce and train/kl; validation stays plain cross-entropy.
+train/ce and train/kl (train/ppl is exp(train/ce)); validation stays plain
+cross-entropy, so distilled runs compare with plain ones.
 """
 
 from __future__ import annotations
@@ -353,11 +354,13 @@ class Trainer:
                 self.settle(pending)
             if log_now:
                 mean_loss = float(window_loss) / st.window_finite if st.window_finite else float("nan")
+                # Perplexity is of the cross-entropy: a distillation loss has no perplexity.
+                mean_ce = float(window_terms["ce"]) / st.window_finite if "ce" in window_terms and st.window_finite else mean_loss
                 window_time += time.perf_counter() - tick
                 st.train_time += window_time
                 st.last_train = {
                     "train/loss": mean_loss,
-                    "train/ppl": math.exp(min(mean_loss, 700.0)) if st.window_finite else float("nan"),
+                    "train/ppl": math.exp(min(mean_ce, 700.0)) if st.window_finite else float("nan"),
                     "lr": lr_at(step, t.steps, cfg.optim),
                     "throughput/tokens_per_s": st.window_steps * self.tokens_per_step / max(window_time, 1e-9),
                     "train/nonfinite_skipped": st.nonfinite_skipped,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -69,19 +70,22 @@ def test_kl_is_the_mean_over_scored_positions_of_the_softened_kl():
 
 
 def test_the_step_minimises_alpha_ce_plus_t_squared_kl(teacher, tmp_path):
-    trainer = Trainer(student(teacher, "distill.alpha=0.3", "distill.temperature=3.0"), tmp_path)
-    x, y = trainer.data.train_batch(0, 0)
+    """Over accumulated micro-batches, beside a family's auxiliary loss (routed's load balance)."""
+    cfg = student(teacher, "variant=routed", "train.grad_accum=2", "distill.alpha=0.3", "distill.temperature=3.0")
+    trainer = Trainer(cfg, tmp_path)
+    batches = [trainer.data.train_batch(0, micro) for micro in range(2)]
+    ces, kls = [], []
     with torch.no_grad():
-        logits = trainer.model(x)
-        teacher_logits = trainer.distiller.model(x)
-    ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-    kl = distill_kl(logits, teacher_logits, y, 3.0)
-    loss, finite = trainer.update([(x, y)])
-    assert bool(finite)
-    assert float(loss) == pytest.approx(0.3 * float(ce) + 0.7 * 9.0 * float(kl), rel=1e-5)
-    assert float(trainer.last_terms["ce"]) == pytest.approx(float(ce), rel=1e-6)
-    assert float(trainer.last_terms["kl"]) == pytest.approx(float(kl), rel=1e-5)
-    assert float(kl) > 0
+        for x, y in batches:
+            logits = trainer.model(x)
+            ces.append(float(F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)))
+            kls.append(float(distill_kl(logits, trainer.distiller.model(x), y, 3.0)))
+    ce, kl = sum(ces) / 2, sum(kls) / 2
+    loss, finite = trainer.update(batches)
+    assert bool(finite) and kl > 0 and "load_balance" in trainer.last_aux
+    assert float(loss) == pytest.approx(0.3 * ce + 0.7 * 9.0 * kl, rel=1e-5)
+    assert float(trainer.last_terms["ce"]) == pytest.approx(ce, rel=1e-6)
+    assert float(trainer.last_terms["kl"]) == pytest.approx(kl, rel=1e-5)
 
 
 def test_the_teacher_gets_no_gradient_and_its_weights_stay_bit_identical(teacher, tmp_path):
@@ -135,8 +139,12 @@ def test_a_distilled_run_resumed_mid_window_is_bit_identical_and_refuses_a_chang
     b = run(student(own, *steps, f"train.resume={resumed}"), tmp_path / "b")
     rows = _rows(tmp_path / "a")
     assert _rows(tmp_path / "b") == rows and a["val/loss"] == b["val/loss"]
-    assert all("train/kl" in r and "train/ce" in r for r in rows if "train/loss" in r)
+    train = [r for r in rows if "train/loss" in r]
+    assert train and all("train/kl" in r and r["train/ppl"] == pytest.approx(math.exp(r["train/ce"])) for r in train)
+    assert a["distill/teacher"] == str(own.resolve())
     assert a["distill/teacher_crc32"] == json.loads((own / "checkpoints" / "final.pt.sum").read_text())["crc32"]
+    with pytest.raises(ConfigError, match=r"it was trained with distill.teacher=.*; add that distill.teacher"):
+        run(make_config(*SMALL, *STEPS, *steps, "variant=k_eq_v", f"train.resume={resumed}"), tmp_path / "plain")
 
     final = own / "checkpoints" / "final.pt"
     payload = read_checkpoint(final)
@@ -144,5 +152,5 @@ def test_a_distilled_run_resumed_mid_window_is_bit_identical_and_refuses_a_chang
     final.unlink()
     atomic_torch_save(payload, final)
     with pytest.raises(ConfigError, match=r"cannot resume from .*step_00000003\.pt: the teacher's final checkpoint .*"
-                       r"changed since this run started \(teacher CRC32 \d+ -> CRC32 \d+\); restore that teacher"):
+                       r"changed since this run started \(CRC32 [0-9a-f]{8} -> [0-9a-f]{8}\); restore that teacher"):
         run(student(own, *steps, f"train.resume={resumed}"), tmp_path / "c")
