@@ -1,12 +1,13 @@
 """Uptraining with distillation: a finished run teaches the one being trained.
 
-The objective is Hinton et al. 2015 (*Distilling the Knowledge in a Neural
-Network*, §2): with p = softmax(logits / T),
+The objective is Hinton, Vinyals and Dean 2015 (*Distilling the Knowledge in a
+Neural Network*, arXiv:1503.02531, §2): with p = softmax(logits / T),
 
     loss = α·CE(student, targets) + (1 − α)·T²·KL(p_teacher ‖ p_student),
 
 the T² keeping the soft term's gradients on the scale of the hard term's as T
-changes. KL is summed over the vocabulary and averaged over the same scored
+changes (they scale as 1/T²). Here α weighs the hard (cross-entropy) term, as
+the issue defines it; some codebases put α on the soft term instead. KL is summed over the vocabulary and averaged over the same scored
 positions as the cross-entropy (targets != IGNORE), so a digit task's or
 mqar's unscored positions teach nothing, as they score nothing.
 
