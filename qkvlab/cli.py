@@ -110,6 +110,10 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
                     from qkvlab.train.device import check_device
 
                     check_device(typed.train.device)
+                if typed.distill.teacher is not None:
+                    from qkvlab.train.from_run import finished_run
+
+                    finished_run(typed.distill.teacher, "distill.teacher")
             except Exception as exc:  # every kind of bad input gets the same one-line treatment
                 if full_errors():
                     raise

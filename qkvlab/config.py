@@ -190,6 +190,15 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    # A finished run directory whose final model teaches this one (null: no distillation).
+    teacher: Optional[str] = None
+    # loss = alpha·CE + (1 − alpha)·T²·KL(teacher ‖ student) at temperature T (Hinton et al. 2015).
+    alpha: float = 0.5
+    temperature: float = 2.0
+
+
+@dataclass
 class LoggerConfig:
     backend: str = "wandb"
     mode: str = "auto"
@@ -210,6 +219,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
@@ -311,6 +321,9 @@ FLOAT_RANGES: dict[str, Range] = {
     "variant.score_scale": POSITIVE,
     # 0 logs a family's auxiliary losses without training on them.
     "variant.aux_weight": Range(low_closed=True, high=1e3, high_closed=True),
+    "distill.alpha": Range(low_closed=True, high=1.0, high_closed=True),
+    # Far above 1e3 the softened distributions are uniform to fp32 precision and T² overflows the loss's scale.
+    "distill.temperature": Range(high=1e3, high_closed=True),
 }
 
 
@@ -408,6 +421,24 @@ def validate(cfg: Config) -> None:
             _positive(getattr(t, key), f"train.{key}")
     _choice(t.on_nonfinite, NONFINITE_POLICIES, "train.on_nonfinite")
     check_resume(t.resume)
+    check_distill(cfg.distill)
+
+
+def check_distill(d: DistillConfig) -> None:
+    """Alpha and temperature without a teacher would do nothing. The teacher run itself is checked where it is
+    read (qkvlab/train/distill.py; the CLI's start-up check): a trained student's config stays valid after its
+    teacher has moved, so eval and generate can still read it."""
+    if d.teacher is None:
+        default = DistillConfig()
+        for key in ("alpha", "temperature"):
+            if getattr(d, key) != getattr(default, key):
+                raise ConfigError(
+                    f"distill.{key}={getattr(d, key)} is read only with a teacher; add distill.teacher=RUN_DIR "
+                    f"(a finished run directory) or drop distill.{key}"
+                )
+        return
+    if not d.teacher:
+        raise ConfigError("distill.teacher is empty; give a finished run directory, or null to train without a teacher")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -10,6 +10,10 @@ then finds each job's earlier directory, skips the completed ones and resumes
 the rest. Leaving defaults out keeps directories stable when a new qkvlab
 version adds a config key: a key left at its default changes no hash.
 
+A distillation teacher (`distill.teacher`) is hashed as the run it names, its
+directory's name and its final checkpoint's CRC32, not as the path string: a
+retrained teacher at the same path is another computation, a moved one is not.
+
 Hydra resolves `${qkvlab_run_id:}` in `hydra.run.dir` and `hydra.sweep.subdir`
 (qkvlab/conf/config.yaml) inside each job's own process, so this module registers the
 resolver on import; `qkvlab.train.entry` imports it for every launcher.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
@@ -49,11 +54,34 @@ def _schema_defaults() -> dict[str, Any]:
     return flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=True))
 
 
-def hashed_values(config: dict[str, Any]) -> dict[str, Any]:
-    """The dotted keys and values of a plain config that can change a result (defaults included), JSON-ready."""
+TEACHER_KEY = "distill.teacher"
+# The teacher's final checkpoint's size and CRC32 sidecar, as qkvlab/train/checkpoint.py writes it.
+TEACHER_SUM = ("checkpoints", "final.pt.sum")
+
+
+def teacher_identity(path: str) -> str:
+    """A teacher run as the hash sees it: `<run dir name> (crc32 <final checkpoint's CRC32>)`."""
+    where = Path(path)
+    try:
+        side = json.loads(where.joinpath(*TEACHER_SUM).read_text())
+        crc = f"crc32 {int(side['crc32']):08x}"
+    except (OSError, ValueError, KeyError, TypeError):
+        crc = "no final checkpoint"
+    return f"{where.resolve().name} ({crc})"
+
+
+def _result_values(config: dict[str, Any]) -> dict[str, Any]:
     from qkvlab.config import flatten
 
-    return json.loads(json.dumps({k: v for k, v in flatten(config).items() if _hashed(k)}, default=str))
+    flat = {k: v for k, v in flatten(config).items() if _hashed(k)}
+    if flat.get(TEACHER_KEY) is not None:
+        flat[TEACHER_KEY] = teacher_identity(flat[TEACHER_KEY])
+    return flat
+
+
+def hashed_values(config: dict[str, Any]) -> dict[str, Any]:
+    """The dotted keys and values of a plain config that can change a result (defaults included), JSON-ready."""
+    return json.loads(json.dumps(_result_values(config), default=str))
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -63,10 +91,8 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def config_hash(config: dict[str, Any]) -> str:
     """Short stable hash of a plain (resolved) config: its non-default, result-changing values."""
-    from qkvlab.config import flatten
-
     defaults = _schema_defaults()
-    values = {k: v for k, v in flatten(config).items() if _hashed(k) and (k not in defaults or defaults[k] != v)}
+    values = {k: v for k, v in _result_values(config).items() if k not in defaults or defaults[k] != v}
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_LEN]
 

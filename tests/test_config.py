@@ -50,6 +50,9 @@ BAD = [
     (["experiment=my_study"], ["experiment=my_study is not a known option", "ci_smoke", "use name=my_study"]),
     (["--config-dir", "no/such/dir", "--cfg", "job"], ["--config-dir no/such/dir is not a directory", "experiment/my_study.yaml"]),
     (["name=a/b"], ["name='a/b' cannot name a folder under outputs/", "name=my_study"]),
+    (["distill.alpha=0.3"], ["distill.alpha=0.3 is read only with a teacher", "distill.teacher=RUN_DIR"]),
+    (["distill.teacher=no/such/run"], ["distill.teacher no/such/run does not exist"]),
+    (["-m", "seed=0,1", "distill.teacher=."], ["has no .hydra/config.yaml", "(sweep job 0"]),
 ]
 
 
@@ -110,6 +113,8 @@ OUT_OF_RANGE = [
     ("optim.grad_clip=-1", "optim.grad_clip=-1.0 is out of range; give a value >= 0"),
     ("optim.beta2=1", "optim.beta2=1.0 is out of range; give a value in [0, 1)"),
     ("train.tokens_per_param=0", "train.tokens_per_param=0.0 is out of range; give a value > 0"),
+    ("distill.alpha=1.5", "distill.alpha=1.5 is out of range; give a value in [0, 1]"),
+    ("distill.temperature=0", "distill.temperature=0.0 is out of range; give a value in (0, 1000]"),
 ]
 
 

@@ -82,3 +82,18 @@ def test_wandb_labels_name_what_varies_not_where_it_is_filed_or_how_it_is_watche
     assert name.split(" ", 1)[1] == "optim.lr=0.001 variant.qk_norm=true"  # variant and seed are in the first part
     assert name.split(" ", 1)[0].startswith("k_eq_v-sort-s1-")
     assert tags == ["variant=k_eq_v", "seed=1", "optim.lr=0.001", "variant.qk_norm=true"]
+
+
+def test_a_teacher_is_hashed_as_its_run_and_final_checkpoint_not_its_path(job_id, tmp_path):
+    def teacher(where, crc):
+        (where / "checkpoints").mkdir(parents=True)
+        (where / "checkpoints" / "final.pt.sum").write_text(f'{{"bytes": 10, "crc32": {crc}}}\n')
+        return where
+
+    first = teacher(tmp_path / "a" / "mha-sort-s0-12345678", 1)
+    moved = teacher(tmp_path / "b" / "mha-sort-s0-12345678", 1)
+    base = job_id(f"distill.teacher={first}")
+    assert base != job_id("variant=mha")
+    assert job_id(f"distill.teacher={moved}") == base
+    (first / "checkpoints" / "final.pt.sum").write_text('{"bytes": 10, "crc32": 2}\n')
+    assert job_id(f"distill.teacher={first}") != base

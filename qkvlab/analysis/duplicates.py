@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from qkvlab.rundir import Run
+from qkvlab.rundir import Run, read_run_meta
 from qkvlab.runname import config_hash
 
 
@@ -35,7 +35,7 @@ def distinct(runs: Sequence[Run]) -> tuple[list[Run], list[Duplicate]]:
         if run.unreadable:  # not a sample either way; kept so that it is reported with its line
             kept.append(run)
             continue
-        config = config_hash(run.config) if run.config else None
+        config = trained_hash(run)
         if run.run_id and run.run_id in by_id:
             dups.append(Duplicate(run, by_id[run.run_id], f"a copy: the same run id {run.run_id}"))
         elif config and config in by_config:
@@ -48,3 +48,14 @@ def distinct(runs: Sequence[Run]) -> tuple[list[Run], list[Duplicate]]:
             if config:
                 by_config[config] = run
     return kept, dups
+
+
+def trained_hash(run: Run) -> str | None:
+    """The config hash the run trained under (run.json): a distilled run's hash holds its teacher's final
+    checkpoint as it was then, which recomputing now (the teacher retrained, moved, or the path relative to
+    another directory) would not give. Recomputed from the saved config where run.json has none."""
+    meta, _ = read_run_meta(run.path)
+    recorded = meta.get("config_hash")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    return config_hash(run.config) if run.config else None

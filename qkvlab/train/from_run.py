@@ -49,11 +49,8 @@ class FinishedRun:
         return model.to(device).eval()
 
 
-def read_finished_run(run_dir: Path | str, what: str = "run directory", merged: DictConfig | None = None) -> FinishedRun:
-    """A finished run's config and final checkpoint, or a one-line ConfigError naming `what` was passed.
-
-    `merged` replaces the run's saved config (the saved one plus a caller's checked overrides).
-    """
+def finished_run(run_dir: Path | str, what: str = "run directory") -> Run:
+    """A finished run's directory, checked without loading its weights (what a sweep's start-up check can afford)."""
     run = load_run(run_dir)
     if not run.path.is_dir():
         raise ConfigError(f"{what} {run.path} does not exist")
@@ -62,6 +59,16 @@ def read_finished_run(run_dir: Path | str, what: str = "run directory", merged: 
     path = run.path / FINAL_CHECKPOINT
     if not path.exists():
         raise ConfigError(f"{path} is missing; the run has not finished (status: {run.status})")
+    return run
+
+
+def read_finished_run(run_dir: Path | str, what: str = "run directory", merged: DictConfig | None = None) -> FinishedRun:
+    """A finished run's config and final checkpoint, or a one-line ConfigError naming `what` was passed.
+
+    `merged` replaces the run's saved config (the saved one plus a caller's checked overrides).
+    """
+    run = finished_run(run_dir, what)
+    path = run.path / FINAL_CHECKPOINT
     try:
         payload = read_checkpoint(path)
     except CorruptCheckpoint as exc:

@@ -12,6 +12,11 @@ minimises cross-entropy + variant.aux_weight x each of them, train/loss stays
 the cross-entropy alone (so it compares across families), and each auxiliary
 loss is logged unweighted as train/aux/<name>, its mean over the window's
 finite steps, like train/loss.
+
+With a distillation teacher (qkvlab/train/distill.py) train/loss is the
+distillation loss, the one minimised, and its terms are logged beside it as
+train/ce and train/kl (train/ppl is exp(train/ce)); validation stays plain
+cross-entropy, so distilled runs compare with plain ones.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from qkvlab.model.flops import matmul_params, train_flops_per_token
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.budget import resolve_steps, tokens_per_step
 from qkvlab.train.checkpoint import check_shapes, mark_final, step_path, write_checkpoint
+from qkvlab.train.distill import RECORD, check_resume_without_teacher, make_distiller
 from qkvlab.train.device import autocast, compute_dtype, configure_device, pick_device, precision_choice
 from qkvlab.train.evaluate import evaluate
 from qkvlab.train.optim import lr_at, make_optimizer
@@ -103,6 +109,8 @@ class LoopState:
     window_loss: float = 0.0
     # Sums over the window's finite steps of each auxiliary loss, by name.
     window_aux: dict[str, float] = field(default_factory=dict)
+    # Sums over the window's finite steps of the distillation loss's terms (ce, kl), by name.
+    window_terms: dict[str, float] = field(default_factory=dict)
     window_finite: int = 0
     window_steps: int = 0
     train_time: float = 0.0
@@ -149,12 +157,15 @@ class Trainer:
         self.spec = attention_spec(cfg)
         self.model = build_model(cfg, vocab).to(self.device)
         self.cfg = cfg = resolve_steps(cfg, matmul_params(self.model))
+        self.distiller = make_distiller(cfg, self.data, vocab, self.device, self.amp)
         self.optimizer = make_optimizer(self.model, cfg.optim, self.device)
         self.skip_on_device = bool(self.optimizer.defaults.get("fused"))
         self.step_fn = torch.compile(self.model.forward_with_aux) if cfg.train.compile else self.model.forward_with_aux
         self.aux_weight = aux_weight(cfg)
         # The last step's auxiliary losses (means over its micro-batches), device tensors by name.
         self.last_aux: dict[str, torch.Tensor] = {}
+        # The last step's distillation terms (means over its micro-batches), device tensors by name.
+        self.last_terms: dict[str, torch.Tensor] = {}
         self.info = RunInfo(
             device=str(self.device),
             precision=self.precision,
@@ -162,6 +173,8 @@ class Trainer:
             precision_reason=self.precision_reason,
             stats=model_stats(cfg, self.model, self.spec, self.precision),
         )
+        if self.distiller is not None:
+            self.info.stats.update(self.distiller.record)
         self.tokens_per_step = tokens_per_step(cfg)
         self.state = LoopState()
         self.last_checkpoint: Path | None = None
@@ -179,12 +192,17 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
             "loop": asdict(self.state),
+            **({RECORD: self.distiller.record} if self.distiller is not None else {}),
         }
 
     def load_state_dict(self, payload: dict[str, Any], path: Path) -> None:
         """Continue from a checkpoint already checked by `check_resumable`."""
         check_shapes(payload["model"], self.model, path)
         check_same_data(payload.get("data", MISSING), self.data, str(path), "start fresh with train.resume=never")
+        if self.distiller is not None:
+            self.distiller.check_resume(payload.get(RECORD, MISSING), path)
+        else:
+            check_resume_without_teacher(payload.get(RECORD, MISSING), path)
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"])
@@ -210,6 +228,7 @@ class Trainer:
         cfg = self.cfg
         total = torch.zeros((), device=self.device)
         aux_total: dict[str, torch.Tensor] = {}
+        terms_total: dict[str, torch.Tensor] = {}
         for x, y in batches:
             if self.device.type == "cuda" and x.device.type == "cpu":
                 # Pinned host memory makes the copy asynchronous: the host runs ahead of the GPU.
@@ -218,6 +237,10 @@ class Trainer:
             with self.amp:
                 logits, aux = self.step_fn(x)
             loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+            if self.distiller is not None:
+                loss, terms = self.distiller.objective(x, y, logits, loss)
+                for name, value in terms.items():
+                    terms_total[name] = terms_total.get(name, 0.0) + value
             objective = loss
             for name, value in aux.items():
                 objective = objective + self.aux_weight * value.float()
@@ -231,6 +254,7 @@ class Trainer:
             norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         mean = total / cfg.train.grad_accum
         self.last_aux = {name: value / cfg.train.grad_accum for name, value in aux_total.items()}
+        self.last_terms = {name: value / cfg.train.grad_accum for name, value in terms_total.items()}
         finite = torch.isfinite(mean) & torch.isfinite(norm)
         for value in self.last_aux.values():
             finite = finite & torch.isfinite(value)
@@ -301,6 +325,7 @@ class Trainer:
         wall_before = st.wall_time
         window_loss = torch.tensor(st.window_loss, device=self.device)
         window_aux = {name: torch.tensor(v, device=self.device) for name, v in st.window_aux.items()}
+        window_terms = {name: torch.tensor(v, device=self.device) for name, v in st.window_terms.items()}
         window_time = 0.0
         bar = progress_bar(total=t.steps, initial=st.step, desc=f"{cfg.variant.name}", enabled=t.progress)
         tick = time.perf_counter()
@@ -318,6 +343,8 @@ class Trainer:
             window_loss += torch.where(finite, loss, 0.0)
             for name, value in self.last_aux.items():
                 window_aux[name] = window_aux.get(name, 0.0) + torch.where(finite, value, 0.0)
+            for name, value in self.last_terms.items():
+                window_terms[name] = window_terms.get(name, 0.0) + torch.where(finite, value, 0.0)
             pending.append((done, finite))
             log_now = done % t.log_every == 0 or done == t.steps
             eval_now = done % t.eval_every == 0 or done == t.steps
@@ -327,17 +354,23 @@ class Trainer:
                 self.settle(pending)
             if log_now:
                 mean_loss = float(window_loss) / st.window_finite if st.window_finite else float("nan")
+                # Perplexity is of the cross-entropy: a distillation loss has no perplexity.
+                mean_ce = float(window_terms["ce"]) / st.window_finite if "ce" in window_terms and st.window_finite else mean_loss
                 window_time += time.perf_counter() - tick
                 st.train_time += window_time
                 st.last_train = {
                     "train/loss": mean_loss,
-                    "train/ppl": math.exp(min(mean_loss, 700.0)) if st.window_finite else float("nan"),
+                    "train/ppl": math.exp(min(mean_ce, 700.0)) if st.window_finite else float("nan"),
                     "lr": lr_at(step, t.steps, cfg.optim),
                     "throughput/tokens_per_s": st.window_steps * self.tokens_per_step / max(window_time, 1e-9),
                     "train/nonfinite_skipped": st.nonfinite_skipped,
                     **{
                         f"train/aux/{name}": float(summed) / st.window_finite if st.window_finite else float("nan")
                         for name, summed in window_aux.items()
+                    },
+                    **{
+                        f"train/{name}": float(summed) / st.window_finite if st.window_finite else float("nan")
+                        for name, summed in window_terms.items()
                     },
                 }
                 writer.log(done, done * self.tokens_per_step, st.last_train)
@@ -349,12 +382,14 @@ class Trainer:
                 )
                 window_loss = torch.zeros((), device=self.device)
                 window_aux = {name: torch.zeros((), device=self.device) for name in window_aux}
+                window_terms = {name: torch.zeros((), device=self.device) for name in window_terms}
                 st.window_finite, st.window_steps, window_time = 0, 0, 0.0
                 tick = time.perf_counter()
             if eval_now:
                 window_time += time.perf_counter() - tick
                 st.window_loss = float(window_loss)
                 st.window_aux = {name: float(total) for name, total in window_aux.items()}
+                st.window_terms = {name: float(total) for name, total in window_terms.items()}
                 st.wall_time = wall_before + time.perf_counter() - segment_start
                 try:
                     self._evaluate_step(writer, stop)
@@ -368,6 +403,7 @@ class Trainer:
                 window_time += time.perf_counter() - tick
                 st.window_loss = float(window_loss)
                 st.window_aux = {name: float(total) for name, total in window_aux.items()}
+                st.window_terms = {name: float(total) for name, total in window_terms.items()}
                 st.wall_time = wall_before + time.perf_counter() - segment_start
                 self.save()
                 tick = time.perf_counter()
@@ -390,7 +426,7 @@ class Trainer:
             **st.val,
             **st.best,
             "train/loss": st.last_train.get("train/loss"),
-            **{k: v for k, v in st.last_train.items() if k.startswith("train/aux/")},
+            **{k: v for k, v in st.last_train.items() if k.startswith("train/aux/") or k in ("train/ce", "train/kl")},
             "train/nonfinite_skipped": st.nonfinite_skipped,
             "step": t.steps,
             "tokens": tokens,

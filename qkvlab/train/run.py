@@ -101,6 +101,14 @@ def _vs_mha(reduction: float) -> str:
     return f"{100 * reduction:.1f}% less than mha" if reduction >= 0 else f"{-100 * reduction:.1f}% more than mha"
 
 
+def _distilled(s: dict[str, Any]) -> str:
+    """The teacher a distilled run learned from, and its last training window's terms (val loss is plain CE)."""
+    crc = s.get("distill/teacher_crc32")
+    terms = "   ".join(f"train {k} {s[f'train/{k}']:.4f}" for k in ("ce", "kl") if s.get(f"train/{k}") is not None)
+    return (f"  distilled from {s['distill/teacher']} (run id {s.get('distill/teacher_run_id')}, "
+            f"final checkpoint CRC32 {crc:08x})" + (f"   {terms}" if terms else ""))
+
+
 def print_summary(s: dict[str, Any], run_dir: Path) -> None:
     lines = [
         f"qkvlab: {s['variant']} on {s['data']} (model {s['model']}, seed {s['seed']}) finished {s['step']} steps, {_fmt_int(s['tokens'])} tokens in {s['wall_time_s']:.1f}s",
@@ -110,6 +118,7 @@ def print_summary(s: dict[str, Any], run_dir: Path) -> None:
         f"KV cache {_fmt_int(s['kv_cache/bytes_per_token'])} B/token ({s['precision']}, "
         f"{_vs_mha(s['kv_cache/reduction_vs_mha'])})   {_fmt_int(round(s['throughput/tokens_per_s']))} tokens/s",
         *([f"  {s['precision_reason']}"] if s.get("precision_reason") else []),
+        *([_distilled(s)] if s.get("distill/teacher") else []),
         f"  run dir {run_dir}",
     ]
     print("\n".join(lines), flush=True)
