@@ -128,6 +128,9 @@ class DataConfig:
     # The validation set is drawn from this seed, never from the run's seed,
     # so every variant and every seed is scored on the same examples.
     val_seed: int = 1234
+    # Synthetic tasks: null draws fresh training examples at every step; N fixes a training set of
+    # N examples, drawn once from the seed and reshuffled every epoch (the study: 10,000 examples).
+    train_size: Optional[int] = None
     # mqar: key-value pairs per sequence; the rest of the sequence is queries.
     num_pairs: int = 8
     num_keys: int = 64
@@ -413,8 +416,9 @@ def validate(cfg: Config) -> None:
             f"data.seq_len={d.seq_len} is above model.context={m.context}; "
             "lower data.seq_len or raise model.context"
         )
-    for key in ("seq_len", "batch_size", "val_size"):
-        _positive(getattr(d, key), f"data.{key}")
+    for key in ("seq_len", "batch_size", "val_size", "train_size"):
+        if getattr(d, key) is not None:
+            _positive(getattr(d, key), f"data.{key}")
     _positive(o.warmup_steps, "optim.warmup_steps", allow_zero=True)
     for key in ("steps", "grad_accum", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
         if getattr(t, key) is not None:

@@ -7,7 +7,10 @@ where the target is the value bound to the key.
 
 Validation examples come from `data.val_seed`, training ones from the run's
 seed and the step; training rows that equal a validation row are redrawn, so
-the two never overlap.
+the two never overlap. With `data.train_size=N` the training examples are a
+fixed set of N rows drawn once from the seed, visited in a fresh order every
+epoch, the last batch of an epoch holding the remainder: the study's recipe
+(10,000 examples, batch 128: 79 steps an epoch).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from qkvlab.data.source import IGNORE, Batch
 
 DIGIT_TASKS = ("copy", "reverse", "sort", "sub", "swap")
 SYNTHETIC_TASKS = DIGIT_TASKS + ("mqar",)
-_VAL_STREAM, _TRAIN_STREAM = 1, 0
+_VAL_STREAM, _TRAIN_STREAM, _FIXED_STREAM, _ORDER_STREAM = 1, 0, 2, 3
 
 
 def digit_targets(task: str, x: np.ndarray) -> np.ndarray:
@@ -85,6 +88,32 @@ class SyntheticTask:
         self.vocab_size = d.num_keys + d.num_values if d.task == "mqar" else 10
         self.val_x, self.val_y = self._draw(np.random.default_rng([d.val_seed, _VAL_STREAM]), d.val_size)
         self._val_rows = {row.tobytes() for row in self.val_x}
+        self.train_x = self.train_y = None
+        self.accum = cfg.train.grad_accum
+        if d.train_size:
+            self.train_x, self.train_y = self._unseen(np.random.default_rng([cfg.seed, _FIXED_STREAM]), d.train_size)
+            self._orders: dict[int, np.ndarray] = {}
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """Batches (micro-batches under accumulation) in one pass over a fixed training set."""
+        d = self.cfg
+        return -(-d.train_size // d.batch_size) if d.train_size else None
+
+    def _unseen(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self._draw(rng, n)
+        for i in range(len(x)):
+            while x[i].tobytes() in self._val_rows:
+                nx, ny = self._draw(rng, 1)
+                x[i], y[i] = nx[0], ny[0]
+        return x, y
+
+    def _fixed_batch(self, index: int) -> Batch:
+        epoch, b = divmod(index, self.steps_per_epoch)
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.seed, _ORDER_STREAM, epoch]).permutation(len(self.train_x))}
+        rows = self._orders[epoch][b * self.cfg.batch_size : (b + 1) * self.cfg.batch_size]
+        return torch.from_numpy(self.train_x[rows]), torch.from_numpy(self.train_y[rows])
 
     def _draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         d = self.cfg
@@ -94,12 +123,9 @@ class SyntheticTask:
         return x, digit_targets(d.task, x)
 
     def train_batch(self, step: int, micro: int = 0) -> Batch:
-        rng = np.random.default_rng([self.seed, _TRAIN_STREAM, step, micro])
-        x, y = self._draw(rng, self.cfg.batch_size)
-        for i in range(len(x)):
-            while x[i].tobytes() in self._val_rows:
-                nx, ny = self._draw(rng, 1)
-                x[i], y[i] = nx[0], ny[0]
+        if self.train_x is not None:
+            return self._fixed_batch(step * self.accum + micro)
+        x, y = self._unseen(np.random.default_rng([self.seed, _TRAIN_STREAM, step, micro]), self.cfg.batch_size)
         return torch.from_numpy(x), torch.from_numpy(y)
 
     def val_batches(self) -> Iterator[Batch]:

@@ -77,3 +77,48 @@ def test_mqar_scores_only_answers():
         for t in range(2 * P, len(row_x), 2):
             assert row_y[t] == pairs[row_x[t]] == row_x[t + 1]
             assert row_x[t] < cfg.data.num_keys <= row_y[t]
+
+
+def _rows(x: torch.Tensor) -> list[bytes]:
+    return sorted(r.numpy().tobytes() for r in x)
+
+
+def test_a_fixed_training_set_is_visited_once_per_epoch_in_a_new_order():
+    """The study's recipe: N examples, each seen once an epoch; the last batch holds the remainder."""
+    cfg = make_config("data=reverse", "data.seq_len=8", "data.batch_size=4", "data.train_size=10", "data.val_size=16")
+    data = build_data(cfg)
+    assert data.steps_per_epoch == 3
+    epochs = [[data.train_batch(s) for s in range(e * 3, e * 3 + 3)] for e in range(2)]
+    assert [len(x) for x, _ in epochs[0]] == [4, 4, 2]
+    first, second = (torch.cat([x for x, _ in batches]) for batches in epochs)
+    assert _rows(first) == _rows(second) == _rows(torch.from_numpy(data.train_x))
+    assert not torch.equal(first, second)
+    for x, y in epochs[0]:
+        assert torch.equal(y, x.flip(1))
+    val = {r for x, _ in data.val_batches() for r in _rows(x)}
+    assert not val & set(_rows(first))
+    again = build_data(cfg)
+    assert all(torch.equal(a[0], again.train_batch(s)[0]) for s, a in enumerate(epochs[0]))
+    other_seed = build_data(make_config("data=reverse", "data.seq_len=8", "data.batch_size=4", "data.train_size=10",
+                                        "data.val_size=16", "seed=1"))
+    assert _rows(torch.from_numpy(other_seed.train_x)) != _rows(first)
+
+
+def test_a_fixed_training_set_under_accumulation_walks_the_micro_batches_in_order():
+    plain = build_data(make_config("data=sort", "data.batch_size=4", "data.train_size=20"))
+    accum = build_data(make_config("data=sort", "data.batch_size=4", "data.train_size=20", "train.grad_accum=2"))
+    assert torch.equal(accum.train_batch(1, 1)[0], plain.train_batch(3)[0])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.train_size=0", "data.train_size"),
+    ("data=text", "data.train_size is read only by synthetic tasks"),
+])
+def test_a_bad_train_size_is_one_line(override, message):
+    from qkvlab.checks import checked
+    from qkvlab.errors import ConfigError
+    from omegaconf import OmegaConf
+
+    with pytest.raises(ConfigError, match=message):
+        cfg = make_config(override, "data.train_size=0" if override.endswith("=0") else "data.train_size=100")
+        checked(OmegaConf.structured(cfg))
