@@ -106,6 +106,10 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
                     with open_dict(root):
                         del root["hydra"]
                 typed = checked(root)
+                if typed.init_from is not None:  # reads the source run: torch is imported only for this
+                    from qkvlab.train.init_from import check_init_from
+
+                    check_init_from(typed)
                 if typed.train.device in ("cuda", "mps"):  # torch is imported only for these
                     from qkvlab.train.device import check_device
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from omegaconf import DictConfig, OmegaConf
@@ -28,6 +29,10 @@ from omegaconf import DictConfig, OmegaConf
 # is watched, checkpointed or restarted, never what it computes.
 # The study's `name` only says where a run is filed: one config trained for two studies is one computation.
 NOT_HASHED = ("hydra", "logger", "name", "train.progress", "train.resume", "train.checkpoint_every", "train.keep_checkpoints")
+# Keys that name another run whose weights this run starts from. They are hashed as that run's identity
+# (its directory name and its final checkpoint's CRC32), not as a path: a copy of the source is the same
+# computation, and a path that later holds other weights is another one (a resumed run is then refused).
+SOURCE_KEYS = ("init_from",)
 HASH_LEN = 8
 # The longest file or directory name most file systems allow, in bytes.
 NAME_MAX = 255
@@ -49,11 +54,29 @@ def _schema_defaults() -> dict[str, Any]:
     return flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=True))
 
 
-def hashed_values(config: dict[str, Any]) -> dict[str, Any]:
-    """The dotted keys and values of a plain config that can change a result (defaults included), JSON-ready."""
+def source_identity(path: str) -> str:
+    """`<run directory name>@<crc32 of checkpoints/final.pt>` (`@unfinished` without one)."""
+    where = Path(path).expanduser().resolve()
+    try:
+        crc = json.loads((where / "checkpoints" / "final.pt.sum").read_text()).get("crc32")
+    except (OSError, ValueError, AttributeError):
+        crc = None
+    return f"{where.name}@{crc:08x}" if isinstance(crc, int) else f"{where.name}@unfinished"
+
+
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
     from qkvlab.config import flatten
 
-    return json.loads(json.dumps({k: v for k, v in flatten(config).items() if _hashed(k)}, default=str))
+    flat = flatten(config)
+    for key in SOURCE_KEYS:
+        if flat.get(key) is not None:
+            flat[key] = source_identity(str(flat[key]))
+    return flat
+
+
+def hashed_values(config: dict[str, Any]) -> dict[str, Any]:
+    """The dotted keys and values of a plain config that can change a result (defaults included), JSON-ready."""
+    return json.loads(json.dumps({k: v for k, v in _flat(config).items() if _hashed(k)}, default=str))
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -63,10 +86,8 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 
 def config_hash(config: dict[str, Any]) -> str:
     """Short stable hash of a plain (resolved) config: its non-default, result-changing values."""
-    from qkvlab.config import flatten
-
     defaults = _schema_defaults()
-    values = {k: v for k, v in flatten(config).items() if _hashed(k) and (k not in defaults or defaults[k] != v)}
+    values = {k: v for k, v in _flat(config).items() if _hashed(k) and (k not in defaults or defaults[k] != v)}
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_LEN]
 
