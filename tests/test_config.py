@@ -50,6 +50,11 @@ BAD = [
     (["experiment=my_study"], ["experiment=my_study is not a known option", "ci_smoke", "use name=my_study"]),
     (["--config-dir", "no/such/dir", "--cfg", "job"], ["--config-dir no/such/dir is not a directory", "experiment/my_study.yaml"]),
     (["name=a/b"], ["name='a/b' cannot name a folder under outputs/", "name=my_study"]),
+    (["train.steps=-1"], ["train.steps=-1 is out of range", ">= 0"]),
+    (["init_from=x", "convert.alpha=1.5"], ["convert.alpha='1.5' is not valid", "[0, 1]", "fit, random"]),
+    (["convert.alpha=0.5"], ["convert.alpha=0.5", "init_from, which is not set", "add init_from=RUN_DIR"]),
+    (["init_from=no/such/run"], ["init_from", "no/such/run does not exist"]),
+    (["-m", "experiment=kv_conversion"], ["init_from, which is not set", "sweep job 0"]),
 ]
 
 

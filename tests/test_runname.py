@@ -82,3 +82,20 @@ def test_wandb_labels_name_what_varies_not_where_it_is_filed_or_how_it_is_watche
     assert name.split(" ", 1)[1] == "optim.lr=0.001 variant.qk_norm=true"  # variant and seed are in the first part
     assert name.split(" ", 1)[0].startswith("k_eq_v-sort-s1-")
     assert tags == ["variant=k_eq_v", "seed=1", "optim.lr=0.001", "variant.qk_norm=true"]
+
+
+def _finished(path, crc: int):
+    (path / "checkpoints").mkdir(parents=True)
+    (path / "checkpoints" / "final.pt.sum").write_text(f'{{"bytes": 1, "crc32": {crc}}}')
+    return path
+
+
+def test_init_from_is_hashed_as_the_source_runs_identity_not_its_path(job_id, tmp_path):
+    """A copy of the source is the same computation; the same path holding other weights is not."""
+    a = _finished(tmp_path / "a" / "mha-sort-s0-12345678", 7)
+    b = _finished(tmp_path / "b" / "mha-sort-s0-12345678", 7)
+    first = job_id("variant=k_eq_v", f"init_from={a}", "convert.alpha=0.5")
+    assert first == job_id("variant=k_eq_v", f"init_from={b}", "convert.alpha=0.5")
+    assert first != job_id("variant=k_eq_v", f"init_from={a}", "convert.alpha=0.6")
+    (a / "checkpoints" / "final.pt.sum").write_text('{"bytes": 1, "crc32": 8}')
+    assert first != job_id("variant=k_eq_v", f"init_from={a}", "convert.alpha=0.5")
