@@ -1,6 +1,7 @@
 """Quality against the K=V conversion's mixing weight A (experiment=kv_conversion): how much of a trained
-model survives W_KV = A·W_K + (1 − A)·W_V without training, next to the two references that have no A,
-the least-squares fit (`fit`) and a freshly drawn W_KV (`random`), drawn as horizontal lines."""
+model survives W_KV = A·W_K + (1 − A)·W_V without training, next to the references that have no A,
+drawn as horizontal lines: the least-squares fit (`fit`), a freshly drawn W_KV (`random`), and the
+trained source itself when its run directory is compared too."""
 
 from __future__ import annotations
 
@@ -44,8 +45,10 @@ def plot_quality_vs_alpha(c: Comparison, path: Path) -> Path | None:
             for g in groups:
                 word, agg = _alpha(g), g.stats[key]
                 if not _number(word) and agg.n:
-                    ax.axhline(agg.mean, color=color, linestyle="--" if word == "random" else ":",
-                               label=f"{label}: {word}")
+                    # A run without convert.alpha is the trained source itself, when it was passed too.
+                    style = {"random": "--", "fit": ":", None: "-"}.get(word, "-.")
+                    ax.axhline(agg.mean, color="black" if word is None else color, linestyle=style,
+                               label=f"{label}: {word if word is not None else 'no conversion (the source)'}")
         ax.set_xlabel("A (convert.alpha)")
         ax.set_ylabel(title)
         ax.set_title(f"Zero-shot {title} against A (mean ± std over seeds)")
