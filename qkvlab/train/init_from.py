@@ -24,6 +24,7 @@ from qkvlab.data import MISSING, check_same_data
 from qkvlab.errors import ConfigError
 from qkvlab.model import Transformer, build_model
 from qkvlab.model.convert import converted_state, fit_value_maps
+from qkvlab.runname import source_identity
 from qkvlab.train.from_run import FINAL_CHECKPOINT, FinishedRun, read_finished_run
 
 # Model keys that may differ between a source run and a run started from it.
@@ -150,12 +151,12 @@ def start_weights(cfg: Config, model: Transformer, data, vocab: int) -> dict[str
         state = src.state
     check_fits(state, model, cfg.init_from)
     model.load_state_dict(state)
-    checksum = src.checkpoint.with_name(src.checkpoint.name + ".sum").read_text().strip()
     return {
         "init_from/path": str(src.run.path.resolve()),
         "init_from/run": src.run.path.resolve().name,
         "init_from/run_id": src.run.run_id,
-        "init_from/checkpoint": checksum,
+        # What the run directory's hash holds for init_from: the source's name and final checkpoint's CRC32.
+        "init_from/identity": source_identity(str(src.run.path)),
         "init_from/variant": src.cfg.variant.name,
         **({"convert/alpha": cfg.convert.alpha} if cfg.convert.alpha is not None else {}),
     }
