@@ -49,3 +49,28 @@ def test_conversion_sweep_convert_command_and_copy_end_to_end(run_cli, tmp_path,
     assert record["init_from/run"] == src.name
     with pytest.raises(ConfigError, match="add convert.alpha=A"):
         check_init_from(make_config(*tiny, "variant=k_eq_v", f"init_from={src}"))
+
+
+def test_a_run_from_init_from_resumes_from_its_own_checkpoints(tmp_path):
+    """Restarting rebuilds the model from the source and then loads the run's own checkpoint over it."""
+    from omegaconf import OmegaConf
+
+    from qkvlab.config import as_dict
+    from qkvlab.train.checkpoint import read_checkpoint
+    from qkvlab.train.loop import Trainer
+    from qkvlab.train.resume import restore
+    from qkvlab.train.run import run
+
+    fast = ("logger=none", "train.progress=false", "data.val_size=64", "data.batch_size=8", "train.eval_every=2")
+    src_cfg = make_config(*fast, "variant=mha", "train.steps=2")
+    run(src_cfg, tmp_path / "src")
+    (tmp_path / "src" / ".hydra").mkdir()
+    OmegaConf.save(as_dict(src_cfg), tmp_path / "src" / ".hydra" / "config.yaml")
+    cfg = make_config(*fast, "variant=k_eq_v", f"init_from={tmp_path / 'src'}", "convert.alpha=0.5", "train.steps=2")
+    run(cfg, tmp_path / "dst")
+    trainer = Trainer(cfg, tmp_path / "dst")
+    converted = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert restore(trainer, tmp_path / "dst", say=lambda _: None) is not None
+    own = read_checkpoint(tmp_path / "dst" / "checkpoints" / "final.pt")["model"]
+    assert all(torch.equal(v, own[k]) for k, v in trainer.model.state_dict().items())
+    assert not all(torch.equal(v, converted[k]) for k, v in own.items())
