@@ -26,6 +26,7 @@ commands:
   train     train a model (Hydra: qkvlab train --help lists the config groups)
   compare   compare run directories: table, significance, plots (qkvlab compare --help)
   scaling   fit loss against compute per variant; compute multipliers and gap plots
+  convert   turn a trained mha/gqa/mqa run into its K=V form (W_KV = A·W_K + (1 − A)·W_V) and evaluate it
   eval      score a trained run at several context lengths; writes RUN_DIR/eval.json
   generate  sample from a trained causal run with a KV cache
   bench     step time, tokens/s, MFU, memory, prefill/decode speed and KV bytes per variant
@@ -106,6 +107,10 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
                     with open_dict(root):
                         del root["hydra"]
                 typed = checked(root)
+                if typed.init_from is not None:  # reads the source run: torch is imported only for this
+                    from qkvlab.train.init_from import check_init_from
+
+                    check_init_from(typed)
                 if typed.train.device in ("cuda", "mps"):  # torch is imported only for these
                     from qkvlab.train.device import check_device
 
@@ -196,6 +201,15 @@ def train_command(args: list[str]) -> None:
     hydra_main(config_path=str(CONF_DIR))
 
 
+def convert_command(args: list[str]) -> None:
+    """`qkvlab convert`: the source's overrides, K=V sharing, init_from and train.steps=0 as one training job."""
+    from qkvlab.infer.convert import finish, parse
+
+    plan = parse(args)
+    train_command(plan.train_args)
+    finish(plan)
+
+
 def guarded(main: Callable[[list[str]], None], args: list[str]) -> None:
     """Run a non-Hydra command; any error becomes one line (HYDRA_FULL_ERROR=1 keeps the traceback),
     with exit code 2 for bad input and 1 for anything else."""
@@ -224,6 +238,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "train": train_command,
     "compare": lazy_command("qkvlab.analysis.command", "compare_command"),
     "scaling": lazy_command("qkvlab.analysis.scaling", "scaling_command"),
+    "convert": lambda args: guarded(convert_command, args),
     "eval": lazy_command("qkvlab.infer.commands", "eval_main"),
     "generate": lazy_command("qkvlab.infer.commands", "generate_main"),
     "bench": lazy_command("qkvlab.bench.command", "bench_main"),

@@ -212,6 +212,18 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
 
 
+# convert.alpha's words: `fit` maps K to V by least squares, `random` draws W_KV afresh (the baseline).
+CONVERT_WORDS = ("fit", "random")
+
+
+@dataclass
+class ConvertConfig:
+    # How init_from's separate W_K and W_V become one W_KV (mha-sharing run -> its k_eq_v form):
+    # a number A in [0, 1] (W_KV = A·W_K + (1 − A)·W_V), fit, or random. A string, so one sweep axis
+    # holds numbers and words (convert.alpha=0,0.5,1,random).
+    alpha: Optional[str] = None
+
+
 @dataclass
 class Config:
     seed: int = 0
@@ -224,6 +236,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # A finished run directory whose final weights this run starts from (qkvlab/train/init_from.py).
+    init_from: Optional[str] = None
+    convert: ConvertConfig = field(default_factory=ConvertConfig)
 
 
 def register_configs() -> None:
@@ -420,12 +435,42 @@ def validate(cfg: Config) -> None:
         if getattr(d, key) is not None:
             _positive(getattr(d, key), f"data.{key}")
     _positive(o.warmup_steps, "optim.warmup_steps", allow_zero=True)
-    for key in ("steps", "grad_accum", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
+    # train.steps=0 evaluates the starting weights (a zero-shot run, e.g. of a converted model).
+    _positive(t.steps, "train.steps", allow_zero=True)
+    for key in ("grad_accum", "eval_every", "log_every", "checkpoint_every", "keep_checkpoints", "max_nonfinite"):
         if getattr(t, key) is not None:
             _positive(getattr(t, key), f"train.{key}")
     _choice(t.on_nonfinite, NONFINITE_POLICIES, "train.on_nonfinite")
     check_resume(t.resume)
     check_distill(cfg.distill)
+    check_convert(cfg)
+
+
+def convert_alpha(alpha: Optional[str]) -> float | str | None:
+    """convert.alpha as a number in [0, 1], one of CONVERT_WORDS, or None; ConfigError otherwise."""
+    if alpha is None or alpha in CONVERT_WORDS:
+        return alpha
+    try:
+        value = float(alpha)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(
+            f"convert.alpha={alpha!r} is not valid; give a number in [0, 1] (W_KV = alpha·W_K + (1 − alpha)·W_V), "
+            f"or one of: {', '.join(CONVERT_WORDS)}"
+        )
+    return value
+
+
+def check_convert(cfg: Config) -> None:
+    convert_alpha(cfg.convert.alpha)
+    if cfg.convert.alpha is not None and cfg.init_from is None:
+        raise ConfigError(
+            f"convert.alpha={cfg.convert.alpha} converts the weights of init_from, which is not set; "
+            "add init_from=RUN_DIR (a finished mha, gqa or mqa run) or drop convert.alpha"
+        )
+    if cfg.init_from is not None and not cfg.init_from.strip():
+        raise ConfigError("init_from is empty; give a finished run directory, or null")
 
 
 def check_distill(d: DistillConfig) -> None:

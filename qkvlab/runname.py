@@ -33,6 +33,11 @@ from omegaconf import DictConfig, OmegaConf
 # is watched, checkpointed or restarted, never what it computes.
 # The study's `name` only says where a run is filed: one config trained for two studies is one computation.
 NOT_HASHED = ("hydra", "logger", "name", "train.progress", "train.resume", "train.checkpoint_every", "train.keep_checkpoints")
+# Keys that name another run whose weights this run starts from. They are hashed as that run's identity
+# (its directory name and its final checkpoint's CRC32), not as a path: a copy of the source is the same
+# computation, and a path that later holds other weights is another one (a resumed run is then refused).
+# Keys naming another run whose weights this run reads: hashed as that run's identity, not its path.
+SOURCE_KEYS = ("init_from", "distill.teacher")
 HASH_LEN = 8
 # The longest file or directory name most file systems allow, in bytes.
 NAME_MAX = 255
@@ -54,34 +59,29 @@ def _schema_defaults() -> dict[str, Any]:
     return flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=True))
 
 
-TEACHER_KEY = "distill.teacher"
-# The teacher's final checkpoint's size and CRC32 sidecar, as qkvlab/train/checkpoint.py writes it.
-TEACHER_SUM = ("checkpoints", "final.pt.sum")
-
-
-def teacher_identity(path: str) -> str:
-    """A teacher run as the hash sees it: `<run dir name> (crc32 <final checkpoint's CRC32>)`."""
-    where = Path(path)
+def source_identity(path: str) -> str:
+    """`<run directory name>@<crc32 of checkpoints/final.pt>` (`@unfinished` without one)."""
+    where = Path(path).expanduser().resolve()
     try:
-        side = json.loads(where.joinpath(*TEACHER_SUM).read_text())
-        crc = f"crc32 {int(side['crc32']):08x}"
-    except (OSError, ValueError, KeyError, TypeError):
-        crc = "no final checkpoint"
-    return f"{where.resolve().name} ({crc})"
+        crc = json.loads((where / "checkpoints" / "final.pt.sum").read_text()).get("crc32")
+    except (OSError, ValueError, AttributeError):
+        crc = None
+    return f"{where.name}@{crc:08x}" if isinstance(crc, int) else f"{where.name}@unfinished"
 
 
-def _result_values(config: dict[str, Any]) -> dict[str, Any]:
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
     from qkvlab.config import flatten
 
-    flat = {k: v for k, v in flatten(config).items() if _hashed(k)}
-    if flat.get(TEACHER_KEY) is not None:
-        flat[TEACHER_KEY] = teacher_identity(flat[TEACHER_KEY])
+    flat = flatten(config)
+    for key in SOURCE_KEYS:
+        if flat.get(key) is not None:
+            flat[key] = source_identity(str(flat[key]))
     return flat
 
 
 def hashed_values(config: dict[str, Any]) -> dict[str, Any]:
     """The dotted keys and values of a plain config that can change a result (defaults included), JSON-ready."""
-    return json.loads(json.dumps(_result_values(config), default=str))
+    return json.loads(json.dumps({k: v for k, v in _flat(config).items() if _hashed(k)}, default=str))
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -92,7 +92,7 @@ def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def config_hash(config: dict[str, Any]) -> str:
     """Short stable hash of a plain (resolved) config: its non-default, result-changing values."""
     defaults = _schema_defaults()
-    values = {k: v for k, v in _result_values(config).items() if k not in defaults or defaults[k] != v}
+    values = {k: v for k, v in _flat(config).items() if _hashed(k) and (k not in defaults or defaults[k] != v)}
     text = json.dumps(values, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:HASH_LEN]
 

@@ -53,6 +53,11 @@ BAD = [
     (["distill.alpha=0.3"], ["distill.alpha=0.3 is read only with a teacher", "distill.teacher=RUN_DIR"]),
     (["distill.teacher=no/such/run"], ["distill.teacher no/such/run does not exist"]),
     (["-m", "seed=0,1", "distill.teacher=."], ["has no .hydra/config.yaml", "(sweep job 0"]),
+    (["train.steps=-1"], ["train.steps=-1 is out of range", ">= 0"]),
+    (["init_from=x", "convert.alpha=1.5"], ["convert.alpha='1.5' is not valid", "[0, 1]", "fit, random"]),
+    (["convert.alpha=0.5"], ["convert.alpha=0.5", "init_from, which is not set", "add init_from=RUN_DIR"]),
+    (["init_from=no/such/run"], ["init_from", "no/such/run does not exist"]),
+    (["-m", "experiment=kv_conversion"], ["init_from, which is not set", "sweep job 0"]),
 ]
 
 

@@ -97,3 +97,20 @@ def test_a_teacher_is_hashed_as_its_run_and_final_checkpoint_not_its_path(job_id
     assert job_id(f"distill.teacher={moved}") == base
     (first / "checkpoints" / "final.pt.sum").write_text('{"bytes": 10, "crc32": 2}\n')
     assert job_id(f"distill.teacher={first}") != base
+
+
+def _finished(path, crc: int):
+    (path / "checkpoints").mkdir(parents=True)
+    (path / "checkpoints" / "final.pt.sum").write_text(f'{{"bytes": 1, "crc32": {crc}}}')
+    return path
+
+
+def test_init_from_is_hashed_as_the_source_runs_identity_not_its_path(job_id, tmp_path):
+    """A copy of the source is the same computation; the same path holding other weights is not."""
+    a = _finished(tmp_path / "a" / "mha-sort-s0-12345678", 7)
+    b = _finished(tmp_path / "b" / "mha-sort-s0-12345678", 7)
+    first = job_id("variant=k_eq_v", f"init_from={a}", "convert.alpha=0.5")
+    assert first == job_id("variant=k_eq_v", f"init_from={b}", "convert.alpha=0.5")
+    assert first != job_id("variant=k_eq_v", f"init_from={a}", "convert.alpha=0.6")
+    (a / "checkpoints" / "final.pt.sum").write_text('{"bytes": 1, "crc32": 8}')
+    assert first != job_id("variant=k_eq_v", f"init_from={a}", "convert.alpha=0.5")

@@ -99,4 +99,7 @@ def write_plots(c: Comparison, out: Path) -> list[Path]:
     plot_curves(c, curves)
     plot_tradeoff(c, "kv_cache/bytes_per_token", "KV-cache bytes per token (all layers)", kv)
     plot_tradeoff(c, "params/total", "parameters", params)
-    return [curves, kv, params]
+    from qkvlab.analysis.alpha_plot import PLOT, plot_quality_vs_alpha
+
+    alpha = plot_quality_vs_alpha(c, out / PLOT)
+    return [curves, kv, params, *([alpha] if alpha else [])]

@@ -52,6 +52,7 @@ from qkvlab.train.checkpoint import check_shapes, mark_final, step_path, write_c
 from qkvlab.train.distill import RECORD, check_resume_without_teacher, make_distiller
 from qkvlab.train.device import autocast, compute_dtype, configure_device, pick_device, precision_choice
 from qkvlab.train.evaluate import evaluate
+from qkvlab.train.init_from import start_weights
 from qkvlab.train.optim import lr_at, make_optimizer
 from qkvlab.train.progress import progress_bar
 from qkvlab.train.signals import Preempted, StopRequest
@@ -156,6 +157,7 @@ class Trainer:
         vocab = model_vocab(cfg.model, self.data.vocab_size)
         self.spec = attention_spec(cfg)
         self.model = build_model(cfg, vocab).to(self.device)
+        started_from = start_weights(cfg, self.model, self.data, vocab)
         self.cfg = cfg = resolve_steps(cfg, matmul_params(self.model))
         self.distiller = make_distiller(cfg, self.data, vocab, self.device, self.amp)
         self.optimizer = make_optimizer(self.model, cfg.optim, self.device)
@@ -171,7 +173,7 @@ class Trainer:
             precision=self.precision,
             vocab_size=vocab,
             precision_reason=self.precision_reason,
-            stats=model_stats(cfg, self.model, self.spec, self.precision),
+            stats={**model_stats(cfg, self.model, self.spec, self.precision), **started_from},
         )
         if self.distiller is not None:
             self.info.stats.update(self.distiller.record)
@@ -331,7 +333,7 @@ class Trainer:
         tick = time.perf_counter()
         self.model.train()
         pending: list[tuple[int, torch.Tensor]] = []
-        if st.eval_owed:
+        if st.eval_owed or (t.steps == 0 and not st.val):  # steps=0: a zero-shot run evaluates its starting weights
             st.wall_time = wall_before + time.perf_counter() - segment_start
             self._evaluate_step(writer, stop)
             self.save()

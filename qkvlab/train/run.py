@@ -119,6 +119,8 @@ def print_summary(s: dict[str, Any], run_dir: Path) -> None:
         f"{_vs_mha(s['kv_cache/reduction_vs_mha'])})   {_fmt_int(round(s['throughput/tokens_per_s']))} tokens/s",
         *([f"  {s['precision_reason']}"] if s.get("precision_reason") else []),
         *([_distilled(s)] if s.get("distill/teacher") else []),
+        *([f"  started from {s['init_from/path']} ({s['init_from/variant']}"
+           + (f", convert.alpha={s['convert/alpha']})" if "convert/alpha" in s else ")")] if "init_from/path" in s else []),
         f"  run dir {run_dir}",
     ]
     print("\n".join(lines), flush=True)

@@ -159,3 +159,21 @@ def test_progress_under_a_non_terminal_prints_plain_lines(tmp_path, capsys):
     lines = [line for line in err.splitlines() if line.startswith("mha: step ")]
     assert [line.split()[2] for line in lines] == [f"{n}/40" for n in range(2, 41, 2)]
     assert "loss=" in lines[-1] and "val=" in lines[-1] and "100%" in lines[-1]
+
+
+def test_zero_steps_evaluates_the_starting_weights_and_finishes(tmp_path):
+    """train.steps=0 is a zero-shot run (a converted model): it scores the weights it starts with."""
+    from qkvlab.data import build_data
+    from qkvlab.train.evaluate import evaluate
+    from qkvlab.model import build_model
+    from qkvlab.train.checkpoint import read_checkpoint
+
+    cfg = make_config("logger=none", "train.progress=false", "train.steps=0", "data.val_size=64")
+    s = run(cfg, tmp_path)
+    assert s["status"] == "completed" and s["step"] == 0 and s["tokens"] == 0
+    assert [r["step"] for r in _losses(tmp_path)] == [0]
+    payload = read_checkpoint(tmp_path / "checkpoints" / "final.pt")
+    model = build_model(cfg, payload["vocab_size"])
+    model.load_state_dict(payload["model"])
+    again = evaluate(model.eval(), build_data(cfg).val_batches(), torch.device("cpu"), torch.autocast("cpu", enabled=False), True)
+    assert again["val/loss"] == s["val/loss"]
