@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkvlab.model.plus import PlusScores, check_plus
-from qkvlab.model.probe import ScoreProbe, dot_scores, emit, wants_probe
+from qkvlab.model.probe import ScoreProbe, dot_scores, emit, fp32, wants_probe
 
 if TYPE_CHECKING:
     from qkvlab.model.kv_cache import LayerKVCache
@@ -277,7 +277,8 @@ class SharedQKVAttention(nn.Module):
         them), before the mask, and this layer's raw projections `p`; a reusing layer projects no K/V."""
         if self.plus is not None:
             scale = self.score_scale if self.score_scale is not None else q.shape[-1] ** -0.5
-            scores = self.plus.logits(q, k, scale)
+            with fp32(q):
+                scores = self.plus.logits(q.float(), k.float(), scale)
         else:
             scores = dot_scores(q, k, self.score_scale)
         own = not self.reuses

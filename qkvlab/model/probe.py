@@ -48,12 +48,19 @@ def emit(shared: dict, layer: int, probe: ScoreProbe) -> None:
     shared[PROBE](layer, probe)
 
 
+def fp32(t: torch.Tensor):
+    """A context without autocast, for scores computed in fp32 from (possibly bf16) q and k: a bf16 product
+    would make even Q=K scores look asymmetric by its rounding."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
 def dot_scores(q: torch.Tensor, k: torch.Tensor, scale: Optional[float]) -> torch.Tensor:
-    """scale·QKᵀ per query head (KV heads repeated over their group, as GQA attends); scale None: 1/sqrt(width)."""
+    """scale·QKᵀ per query head in fp32 (KV heads repeated over their group, as GQA attends); scale None: 1/sqrt(width)."""
     if k.shape[1] != q.shape[1]:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    return (q @ k.transpose(-1, -2)) * scale
+    with fp32(q):
+        return (q.float() @ k.float().transpose(-1, -2)) * scale
 
 
 def probe_forward(model, idx: torch.Tensor, sink: Sink) -> torch.Tensor:

@@ -130,6 +130,10 @@ def test_every_variant_resumed_mid_window_ends_bit_identical(tmp_path, variant):
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("throughput")} for r in rows]
     assert strip(_losses(tmp_path / "b")) == strip(_losses(tmp_path / "a"))
     assert a["val/loss"] == b["val/loss"]
+    symmetry = [r["val/symmetry"] for r in _losses(tmp_path / "b") if "val/loss" in r]
+    assert symmetry and all(0 <= v <= 2 for v in symmetry) and a["val/symmetry"] == symmetry[-1]
+    if variant.startswith("q_eq_k") and not variant.endswith("plus"):
+        assert symmetry[-1] < 1e-5  # RoPE keeps Q=K scores symmetric
     if variant == "routed":
         assert any("train/aux/load_balance" in r for r in _losses(tmp_path / "b"))
 
