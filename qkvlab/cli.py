@@ -28,6 +28,7 @@ commands:
   scaling   fit loss against compute per variant; compute multipliers and gap plots
   eval      score a trained run at several context lengths; writes RUN_DIR/eval.json
   generate  sample from a trained causal run with a KV cache
+  analyze   attention maps, score symmetry, Q/K/V similarity and effective rank of a trained run
   bench     step time, tokens/s, MFU, memory, prefill/decode speed and KV bytes per variant
 
 Run `qkvlab <command> --help` for a command's options."""
@@ -222,6 +223,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "scaling": lazy_command("qkvlab.analysis.scaling", "scaling_command"),
     "eval": lazy_command("qkvlab.infer.commands", "eval_main"),
     "generate": lazy_command("qkvlab.infer.commands", "generate_main"),
+    "analyze": lazy_command("qkvlab.analysis.analyze", "analyze_command"),
     "bench": lazy_command("qkvlab.bench.command", "bench_main"),
 }
 

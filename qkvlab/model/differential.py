@@ -100,7 +100,7 @@ class DifferentialAttention(nn.Module):
         Q_i K_iᵀ / sqrt(d_head / 2) after RoPE), and Q and K as H heads of d_head before RoPE."""
         B, T, _ = x.shape
         raw_q, raw_k, _ = self.qkv(x).view(B, T, 3, self.spec.n_heads, self.spec.d_head).transpose(1, 3).unbind(2)
-        return ScoreProbe(dot_scores(q, k, None), raw_q, raw_k, v)
+        return ScoreProbe(dot_scores(q, k, None), raw_q, raw_k, v, maps_per_head=2)
 
     def forward_cached(self, x, rope: Optional[Rope], cache, start_pos: int):
         q, k, v = self.project(x, None if rope is None else rope.at(start_pos))

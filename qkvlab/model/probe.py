@@ -38,6 +38,8 @@ class ScoreProbe:
     k: Optional[torch.Tensor]
     v: Optional[torch.Tensor]
     pairs: Optional[torch.Tensor] = None
+    # Score maps per head, in order (differential: 2, map 1 then map 2 of each head).
+    maps_per_head: int = 1
 
 
 def wants_probe(shared: Optional[dict]) -> bool:
