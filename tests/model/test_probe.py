@@ -9,12 +9,17 @@ import torch
 
 from qkvlab.cli import CONF_DIR
 from qkvlab.model import build_model
+from qkvlab.model.attention import rotate
 from qkvlab.model.probe import probe_forward
 from qkvlab.model.score_stats import effective_rank, layer_figures, map_symmetry, mean_symmetry, symmetry
 
 from tests.helpers import make_config
 
 VARIANTS = sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml"))
+# One variant per probe code path (each family, GQA, both cross-layer rules, "+"); every variant file's
+# analysis runs in tests/train/test_loop.py::test_every_variant_resumed_mid_window_ends_bit_identical.
+PATHS = ["mha", "gqa", "cla", "kv_shared", "k_eq_v_qk_norm", "q_eq_k_plus", "expanded", "keyless", "qvv3", "routed",
+         "loop", "differential", "mla"]
 
 
 def model_for(variant: str, *overrides: str):
@@ -30,8 +35,12 @@ def probes(model, idx):
     return logits, seen
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_every_variant_gives_each_layer_a_probe_and_the_same_logits(variant):
+def test_the_probed_paths_are_variant_files():
+    assert set(PATHS) <= set(VARIANTS)
+
+
+@pytest.mark.parametrize("variant", PATHS)
+def test_every_family_gives_each_layer_a_probe_and_the_same_logits(variant):
     model = model_for(variant)
     idx = torch.randint(0, 50, (2, 12))
     logits, seen = probes(model, idx)
@@ -39,7 +48,7 @@ def test_every_variant_gives_each_layer_a_probe_and_the_same_logits(variant):
         torch.testing.assert_close(logits, model(idx), rtol=0, atol=0)
     assert sorted(seen) == list(range(len(model.blocks)))
     for layer, probe in seen.items():
-        assert probe.scores.shape[0] == 2 and probe.scores.shape[-2:] == (12, 12)
+        assert probe.scores.shape == (2, model.spec.n_heads * probe.maps_per_head, 12, 12)
         figures = layer_figures(probe)
         # Only a layer that reuses another's K/V (cross-layer sharing) and keyless's K have no projection.
         required = ["symmetry", "symmetry_normalised", "eff_rank_q"] + ["eff_rank_v"] * (probe.v is not None)
@@ -58,6 +67,15 @@ def test_rope_keeps_q_eq_k_scores_symmetric_and_mha_is_not():
                 assert normalised < 1e-5, (variant, normalised)
             else:
                 assert normalised > 0.1, (variant, normalised)
+
+
+def test_mha_scores_are_the_rotated_projections_dot_product():
+    model = model_for("mha")
+    _, seen = probes(model, torch.randint(0, 50, (2, 12)))
+    cos, sin = model.rope_cos[:12], model.rope_sin[:12]
+    for probe in seen.values():
+        q, k = rotate(probe.q, cos, sin), rotate(probe.k, cos, sin)
+        torch.testing.assert_close(probe.scores, q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5)
 
 
 def test_k_eq_v_projections_are_one_tensor_and_keyless_has_no_key():
