@@ -80,6 +80,9 @@ def analyze(trained: TrainedRun, out: Path, rows: int = DEFAULT_BATCH, max_len: 
     model = trained.model.eval()
     with torch.no_grad(), trained.amp():
         probe_forward(model, idx, record)
+    if not layers:
+        raise ConfigError(f"variant.family={cfg.variant.family} records no score probe (qkvlab/model/probe.py); "
+                          "give its module a `probe` as README's \"Add your own family\" says")
     title = f"{cfg.variant.name} on {cfg.data.name} (model {cfg.model.name}, step {trained.step})"
     plot_layer_figures(layers, title, out / "layers.png")
     report = {

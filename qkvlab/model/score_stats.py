@@ -103,9 +103,10 @@ def layer_figures(probe: ScoreProbe) -> dict[str, Optional[float]]:
     }
 
 
-def mean_symmetry(model, idx: torch.Tensor) -> float:
-    """The normalised symmetry of every layer's scores on `idx`, averaged over layers (validation's val/symmetry).
-    Each layer is reduced as it comes, so no two layers' score matrices are held at once."""
+def mean_symmetry(model, idx: torch.Tensor) -> Optional[float]:
+    """The normalised symmetry of every layer's scores on `idx`, averaged over layers (validation's val/symmetry);
+    None for a family whose module records no probe. Each layer is reduced as it comes, so no two layers'
+    score matrices are held at once."""
     per_layer: list[float] = []
     probe_forward(model, idx, lambda layer, probe: per_layer.append(symmetry(probe.scores, probe.pairs)[1]))
-    return sum(per_layer) / len(per_layer)
+    return sum(per_layer) / len(per_layer) if per_layer else None

@@ -68,7 +68,7 @@ def evaluate(
     out = {"val/loss": loss, "val/ppl": math.exp(min(loss, 700.0)), "val/acc": int(correct) / max(1, scored)}
     if exact_match:
         out["val/exact_match"] = int(exact) / max(1, rows)
-    if sample is not None:
+    if sample is not None and symmetry is not None:
         out["val/symmetry"] = symmetry
     out.update({f"val/aux/{name}": float(total) / n_batches for name, total in aux_sum.items()})
     return out
