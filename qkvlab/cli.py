@@ -29,6 +29,7 @@ commands:
   convert   turn a trained mha/gqa/mqa run into its K=V form (W_KV = A·W_K + (1 − A)·W_V) and evaluate it
   eval      score a trained run at several context lengths; writes RUN_DIR/eval.json
   generate  sample from a trained causal run with a KV cache
+  analyze   attention maps, score symmetry, Q/K/V similarity and effective rank of a trained run
   bench     step time, tokens/s, MFU, memory, prefill/decode speed and KV bytes per variant
 
 Run `qkvlab <command> --help` for a command's options."""
@@ -241,6 +242,7 @@ COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "convert": lambda args: guarded(convert_command, args),
     "eval": lazy_command("qkvlab.infer.commands", "eval_main"),
     "generate": lazy_command("qkvlab.infer.commands", "generate_main"),
+    "analyze": lazy_command("qkvlab.analysis.analyze", "analyze_command"),
     "bench": lazy_command("qkvlab.bench.command", "bench_main"),
 }
 

@@ -68,6 +68,9 @@ def test_mps_without_mps_fails_at_start_up(capsys):
     (["eval", "run", "--contexts", "0"], "qkvlab eval: argument --contexts: context length 0 is below 2"),
     (["generate", "run", "--prompt", "1", "--temperature", "nan"], "--temperature=nan must be a finite number >= 0"),
     (["generate", "run"], "qkvlab generate: the following arguments are required: --prompt"),
+    (["analyze", "no/such/run"], "run directory no/such/run does not exist"),
+    (["analyze", "run", "--batch", "0"], "--batch=0 must be at least 1"),
+    (["analyze", "run", "--max-len", "1"], "--max-len=1 must be at least 2 (a symmetry needs a pair of positions)"),
     (["bench", "--contexts", "0"], "qkvlab bench: argument --contexts: context length 0 is below 2"),
     (["bench", "--contexts", "16,4096"], "--contexts: 4096 is above model.context=128; give lengths up to 128"),
     (["bench", "--variants", "nope"], "variant=nope is not a known option"),
@@ -78,7 +81,7 @@ def test_commands_refuse_bad_input_in_one_line_with_exit_2(args, message, capsys
     assert error_of(capsys, *args).startswith(message)
 
 
-@pytest.mark.parametrize("command", [["eval"], ["generate", "--prompt", "1"]])
+@pytest.mark.parametrize("command", [["eval"], ["generate", "--prompt", "1"], ["analyze"]])
 def test_a_run_with_an_unreadable_summary_is_one_line_naming_it(command, tmp_path, capsys):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)

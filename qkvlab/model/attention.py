@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkvlab.model.plus import PlusScores, check_plus
+from qkvlab.model.probe import ScoreProbe, dot_scores, emit, fp32, wants_probe
 
 if TYPE_CHECKING:
     from qkvlab.model.kv_cache import LayerKVCache
@@ -271,6 +272,18 @@ class SharedQKVAttention(nn.Module):
         changes only the score (expanded attention) overrides this, and the cache keeps plain K."""
         return q, k
 
+    def probe(self, x: torch.Tensor, p: dict[str, torch.Tensor], q: torch.Tensor, k: torch.Tensor) -> ScoreProbe:
+        """What analyses read (probe.py): the scores `attend` computes from q and k (as `score_space` gave
+        them), before the mask, and this layer's raw projections `p`; a reusing layer projects no K/V."""
+        if self.plus is not None:
+            scale = self.score_scale if self.score_scale is not None else q.shape[-1] ** -0.5
+            with fp32(q):
+                scores = self.plus.logits(q.float(), k.float(), scale)
+        else:
+            scores = dot_scores(q, k, self.score_scale)
+        own = not self.reuses
+        return ScoreProbe(scores, p.get("q", p.get("k")), p["k"] if own else None, p.get("v", p["k"]) if own else None)
+
     def init_family(self) -> None:
         """Initialise what the model's generic init (normal for matrices, ones for gains) must not touch."""
         if self.plus is not None:
@@ -330,6 +343,8 @@ class SharedQKVAttention(nn.Module):
             if self.feeds:
                 shared[self.layer.index] = (k, v, False)
         q, k = self.score_space(q, k, False)
+        if wants_probe(shared):
+            emit(shared, self.layer.index, self.probe(x, p, q, k))
         y = self.attend(x, q, k, v, start_pos, False, shared)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 

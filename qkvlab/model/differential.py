@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkvlab.model.attention import FAMILIES, FAMILY_CHECKS, AttentionSpec, LayerInfo, Rope, _decode_attention, rotate
+from qkvlab.model.probe import ScoreProbe, dot_scores, emit, wants_probe
 
 
 def lambda_init(layer: int) -> float:
@@ -87,10 +88,19 @@ class DifferentialAttention(nn.Module):
         if cache is not None:
             return self.forward_cached(x, rope, cache, start_pos)
         q, k, v = self.project(x, rope)
+        if wants_probe(shared):
+            emit(shared, self.layer.index, self.probe(x, q, k, v))
         drop = self.spec.dropout if self.training else 0.0
         a1 = F.scaled_dot_product_attention(q[:, 0::2], k[:, 0::2], v, dropout_p=drop, is_causal=self.spec.causal)
         a2 = F.scaled_dot_product_attention(q[:, 1::2], k[:, 1::2], v, dropout_p=drop, is_causal=self.spec.causal)
         return self.combine(a1, a2)
+
+    def probe(self, x, q, k, v) -> ScoreProbe:
+        """Both maps of every head as 2H score matrices (head h's first map at 2h, its second at 2h + 1; each
+        Q_i K_iᵀ / sqrt(d_head / 2) after RoPE), and Q and K as H heads of d_head before RoPE."""
+        B, T, _ = x.shape
+        raw_q, raw_k, _ = self.qkv(x).view(B, T, 3, self.spec.n_heads, self.spec.d_head).transpose(1, 3).unbind(2)
+        return ScoreProbe(dot_scores(q, k, None), raw_q, raw_k, v, maps_per_head=2)
 
     def forward_cached(self, x, rope: Optional[Rope], cache, start_pos: int):
         q, k, v = self.project(x, None if rope is None else rope.at(start_pos))

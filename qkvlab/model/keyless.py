@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from qkvlab.model.attention import FAMILIES, FAMILY_CHECKS, AttentionSpec, LayerInfo, SharedQKVAttention
+from qkvlab.model.probe import ScoreProbe
 
 
 class KeylessAttention(SharedQKVAttention):
@@ -45,6 +46,14 @@ class KeylessAttention(SharedQKVAttention):
         p = super().project(x)
         p["q"] = p["q"] @ self.score_map.to(p["q"].dtype)
         return p
+
+
+    def probe(self, x, p, q, k) -> ScoreProbe:
+        """Scores RoPE(q R_h)·RoPE(v): shared_qkv's. Q is q R_h (the query the scores see, before RoPE), V the
+        one projection, and there is no K."""
+        out = super().probe(x, p, q, k)
+        out.k = None
+        return out
 
 
 def check_keyless(cfg) -> Optional[str]:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkvlab.model.attention import FAMILIES, FAMILY_CHECKS, AttentionSpec, LayerInfo, Rope, _decode_attention, rotate
+from qkvlab.model.probe import ScoreProbe, dot_scores, emit, wants_probe
 
 
 class LatentAttention(nn.Module):
@@ -93,10 +94,17 @@ class LatentAttention(nn.Module):
         k_nope, v = self.kv_up(c.squeeze(1)).view(B, T, H, 2 * d).transpose(1, 2).split([d, d], dim=-1)
         q = torch.cat((q_nope, q_rope), dim=-1)
         k = torch.cat((k_nope, k_rope.expand(B, H, T, self.rope_width)), dim=-1)
+        if wants_probe(shared):
+            emit(shared, self.layer.index, self.probe(q, k, q_nope, k_nope, v))
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.spec.dropout if self.training else 0.0, is_causal=self.spec.causal, scale=self.score_scale
         )
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
+
+    def probe(self, q, k, q_nope, k_nope, v) -> ScoreProbe:
+        """The decoupled scores [q; RoPE(q_R)]·[k; RoPE(k_R)] / sqrt(d_head + rope_dim); Q and K are the content
+        parts x W_Q and c W_UK (d_head, like V = c W_UV): the RoPE parts carry position, not content."""
+        return ScoreProbe(dot_scores(q, k, self.score_scale), q_nope, k_nope, v)
 
     def forward_cached(self, x, rope: Optional[Rope], cache, start_pos: int):
         """Absorbed decoding: q_nope W_UK,h scores against the cached latent, W_UV,h after the mixing."""

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkvlab.model.attention import FAMILIES, FAMILY_CHECKS, AttentionSpec, LayerInfo, Rope, SharedQKVAttention, _decode_attention
+from qkvlab.model.probe import emit, wants_probe
 
 DEFAULT_WINDOW = 64
 # sigmoid(2) = 0.88: mostly global at the start, with gradient still reaching the local branch.
@@ -99,11 +100,14 @@ class LoopAttention(SharedQKVAttention):
         if cache is not None:
             return self.forward_cached(x, rope, cache, start_pos, shared)
         B, T, _ = x.shape
-        q, k, v = self.qkv_from(self.project(x), rope)
+        p = self.project(x)
+        q, k, v = self.qkv_from(p, rope)
         s = self.spec
         opts = dict(dropout_p=s.dropout if self.training else 0.0, enable_gqa=s.n_kv_heads != s.n_heads)
         key = ("loop", self.layer.index)
         if shared.get("pass", 0) == 0:
+            if wants_probe(shared):  # the first pass: the layer's plain map, with no other pass's K/V in it
+                emit(shared, self.layer.index, self.probe(x, p, q, k))
             shared[key] = (k, v)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=s.causal, **opts)
         else:

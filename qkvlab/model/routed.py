@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkvlab.model.attention import FAMILIES, FAMILY_CHECKS, AttentionSpec, LayerInfo, SharedQKVAttention, _decode_attention, add_aux
+from qkvlab.model.probe import ScoreProbe
 
 DEFAULT_TOP_K = 2
 
@@ -93,6 +94,17 @@ class RoutedHeadsAttention(SharedQKVAttention):
         f = F.one_hot(chosen, self.pool).sum(dim=-2).float().mean(dim=(0, 1)) / self.top_k
         P = probs.mean(dim=(0, 1))
         return self.pool * (f * P).sum(dim=-1).mean()
+
+    def probe(self, x, p, q, k) -> ScoreProbe:
+        """Every head's scores, with `pairs` keeping the (i, j) where tokens i and j both ran the head: only
+        those scores are computed, so only those pairs have both S_ij and S_ji."""
+        out = super().probe(x, p, q, k)
+        heads = self.route(x)[0]
+        B, G, _, T = heads.shape
+        ran = torch.zeros(B, G, self.group, T, dtype=torch.bool, device=x.device).scatter(2, heads, True)
+        ran = ran.view(B, self.spec.n_heads, T)
+        out.pairs = ran[..., :, None] & ran[..., None, :]
+        return out
 
     def attend(self, x, q, k, v, start_pos: int, decoding: bool, shared: Optional[dict]) -> torch.Tensor:
         B, H, T, d = q.shape

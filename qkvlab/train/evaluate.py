@@ -1,4 +1,12 @@
-"""Validation metrics over scored positions only (targets != IGNORE)."""
+"""Validation metrics over scored positions only (targets != IGNORE), and the attention's score symmetry.
+
+val/symmetry is the normalised symmetry of the pre-softmax scores (qkvlab/model/score_stats.py), averaged
+over layers, on the first SYMMETRY_ROWS sequences of the first validation batch: one extra forward on a
+few rows, so evaluation stays as cheap as it was. Normalised (mean |S_ij - S_ji| over mean |S_ij|)
+rather than raw, because the raw figure grows with the scores' scale, which changes as a model trains
+and differs between families (Gemma 4's K=V does not divide by sqrt(d_head)); the normalised one
+compares across steps and variants (0: symmetric, as Q=K with RoPE is; at most 2).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from qkvlab.data.source import IGNORE, Batch
+from qkvlab.model.score_stats import mean_symmetry
+
+SYMMETRY_ROWS = 4
 
 
 @torch.no_grad()
@@ -27,11 +38,13 @@ def evaluate(
     exact = torch.zeros((), dtype=torch.int64, device=device)
     aux_sum: dict[str, torch.Tensor] = {}
     scored, rows, n_batches = 0, 0, 0
+    sample = None
     for x, y in batches:
         if stop is not None and stop():
             model.train(was_training)
             return None
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        sample = x[:SYMMETRY_ROWS] if sample is None else sample
         with amp:
             logits, aux = model.forward_with_aux(x)
         logits = logits.float()
@@ -47,10 +60,15 @@ def evaluate(
             row_has_target = mask.any(dim=1)
             exact += ((hit | ~mask).all(dim=1) & row_has_target).sum()
             rows += int(row_has_target.sum())
+    if sample is not None:
+        with amp:
+            symmetry = mean_symmetry(model, sample)
     model.train(was_training)
     loss = float(loss_sum) / max(1, scored)
     out = {"val/loss": loss, "val/ppl": math.exp(min(loss, 700.0)), "val/acc": int(correct) / max(1, scored)}
     if exact_match:
         out["val/exact_match"] = int(exact) / max(1, rows)
+    if sample is not None and symmetry is not None:
+        out["val/symmetry"] = symmetry
     out.update({f"val/aux/{name}": float(total) / n_batches for name, total in aux_sum.items()})
     return out

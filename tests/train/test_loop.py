@@ -124,14 +124,32 @@ def test_every_variant_resumed_mid_window_ends_bit_identical(tmp_path, variant):
     the checkpoint: resumed at step 3, inside the window logged at step 5, a run logs what the
     uninterrupted one logged, bit for bit."""
     steps = (f"variant={variant}", "train.steps=10", "train.log_every=5", "train.eval_every=10", "train.checkpoint_every=3")
-    a = run(make_config(*FAST, *steps, "train.keep_checkpoints=5"), tmp_path / "a")
+    cfg = make_config(*FAST, *steps, "train.keep_checkpoints=5")
+    a = run(cfg, tmp_path / "a")
     resumed = tmp_path / "a" / "checkpoints" / "step_00000003.pt"
     b = run(make_config(*FAST, *steps, "train.keep_checkpoints=5", f"train.resume={resumed}"), tmp_path / "b")
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("throughput")} for r in rows]
     assert strip(_losses(tmp_path / "b")) == strip(_losses(tmp_path / "a"))
     assert a["val/loss"] == b["val/loss"]
+    symmetry = [r["val/symmetry"] for r in _losses(tmp_path / "b") if "val/loss" in r]
+    assert symmetry and all(0 <= v <= 2 for v in symmetry) and a["val/symmetry"] == symmetry[-1]
+    if variant.startswith("q_eq_k") and not variant.endswith("plus"):
+        assert symmetry[-1] < 1e-5  # RoPE keeps Q=K scores symmetric
     if variant == "routed":
         assert any("train/aux/load_balance" in r for r in _losses(tmp_path / "b"))
+    # `qkvlab analyze`'s work on the finished run, in process (the config file is Hydra's part of a run directory).
+    from omegaconf import OmegaConf
+
+    from qkvlab.analysis.analyze import analyze
+    from qkvlab.config import as_dict
+    from qkvlab.infer.load import load_trained
+
+    from tests.analysis.analyze_checks import assert_analysis
+
+    (tmp_path / "a" / ".hydra").mkdir()
+    OmegaConf.save(OmegaConf.create(as_dict(cfg)), tmp_path / "a" / ".hydra" / "config.yaml")
+    analyze(load_trained(tmp_path / "a"), tmp_path / "analysis", rows=2, max_len=12)
+    assert_analysis(tmp_path / "analysis", n_layers=2)
 
 
 SHORT = ("logger=none", "train.steps=20", "train.log_every=5", "data.batch_size=8", "data.seq_len=16", "data.val_size=64")
