@@ -17,6 +17,7 @@ from qkvlab.errors import ConfigError
 from qkvlab.data.synthetic import SYNTHETIC_TASKS
 from qkvlab.infer.load import TrainedRun, load_trained
 from qkvlab.files import write_json_atomic
+from qkvlab.rundir import EVAL_FILE, Run
 from qkvlab.train.evaluate import evaluate
 
 DEFAULT_CONTEXTS = (512, 1024, 2048)
@@ -70,7 +71,15 @@ def evaluate_run(run_dir: Path | str, overrides: Sequence[str] = (), contexts: S
         "overrides": list(overrides),
         "results": rows,
     }
-    write_json_atomic(trained.run.path / "eval.json", report)
+    return update_eval_file(trained.run, report)
+
+
+def update_eval_file(run: Run, sections: dict[str, Any]) -> dict[str, Any]:
+    """eval.json with `sections` replaced and the rest kept: perplexity and benchmark results are
+    written by separate `qkvlab eval` calls and neither may erase the other."""
+    report = {**run.evaluation, **sections}
+    write_json_atomic(run.path / EVAL_FILE, report)
+    run.__dict__.pop("evaluation", None)
     return report
 
 
@@ -84,5 +93,5 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for row in report["results"]:
         lines.append(f"{row['context']:>8}" + "".join(f"{row[k]:>17.4f}" for k in keys))
-    lines.append(f"  wrote {Path(report['run']) / 'eval.json'}")
+    lines.append(f"  wrote {Path(report['run']) / EVAL_FILE}")
     return "\n".join(lines)

@@ -49,10 +49,14 @@ def batch_size_of(value: Any) -> int:
 
 
 def device_override(device: str | None) -> list[str]:
-    """lm-eval's `--device cuda:0` as qkvlab's `train.device` (auto|cpu|cuda|mps)."""
+    """lm-eval's `--device cuda:0` as qkvlab's `train.device` (auto|cpu|cuda|mps). lm-eval's CLI asks for
+    cuda by default; like its HF model, a machine without CUDA then runs where it can (train.device=auto)."""
     if not device:
         return []
-    return [f"train.device={device.split(':')[0]}"]
+    name = device.split(":")[0]
+    if name == "cuda" and not torch.cuda.is_available():
+        name = "auto"
+    return [f"train.device={name}"]
 
 
 @register_model("qkvlab")
