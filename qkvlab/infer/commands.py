@@ -40,11 +40,23 @@ def eval_main(args: list[str]) -> None:
     parser.add_argument("--limit", type=limit_value, default=None, help="examples per task: a count, or a fraction below 1")
     parser.add_argument("--batch-size", type=int, default=None, help="sequences per forward pass for --tasks (default 16)")
     parser.add_argument("--include-path", default=None, help="a folder of your own lm-eval task YAMLs")
+    parser.add_argument("--data.path", dest="heldout", default=None, metavar="FILE",
+                        help="score this held-out text (a file or folder, as data.path) with the run's tokenizer "
+                        "at each context, instead of the run's validation split; reports bits per byte too")
     ns = parser.parse_intermixed_args(args)
     overrides = [t for t in ns.targets if "=" in t]
     run_dirs = [t for t in ns.targets if "=" not in t]
     if not run_dirs:
         raise ConfigError("give a run directory: qkvlab eval RUN_DIR [key=value ...]")
+    if ns.heldout is not None:
+        if ns.tasks is not None:
+            raise ConfigError("--data.path and --tasks are separate evaluations; run qkvlab eval once for each")
+        from qkvlab.infer.heldout import evaluate_heldout
+
+        for run_dir in eval_targets(run_dirs):
+            readable_run(run_dir)
+            print(evaluate_heldout(run_dir, overrides, ns.contexts, ns.heldout), flush=True)
+        return
     if ns.tasks is None:
         extra = next((f"--{k.replace('_', '-')}" for k in ("num_fewshot", "limit", "batch_size", "include_path")
                       if getattr(ns, k) is not None), None)

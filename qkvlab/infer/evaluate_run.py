@@ -8,12 +8,16 @@ synthetic task defines its own sequence length, so it is scored once, at it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Sequence
+
+import torch
 
 from qkvlab.checks import checked
 from qkvlab.config import Config
 from qkvlab.errors import ConfigError
+from qkvlab.data.source import IGNORE
 from qkvlab.data.synthetic import SYNTHETIC_TASKS
 from qkvlab.infer.load import TrainedRun, load_trained
 from qkvlab.files import write_json_atomic
@@ -46,11 +50,28 @@ def at_context(cfg: Config, seq_len: int) -> Config:
     return checked(out)
 
 
+def val_bytes(data) -> tuple[int, int] | None:
+    """(scored tokens, UTF-8 bytes of their text) of a text run's validation targets; None for synthetic data.
+    End-of-text targets count as tokens and add no bytes. The text is the targets decoded in one piece, so at
+    most a character cut at either end of the split is counted as a replacement character."""
+    tokens = getattr(data, "tokens", None)
+    if tokens is None:
+        return None
+    targets = torch.cat([y.flatten() for _, y in data.val_batches()])
+    scored = targets[targets != IGNORE]
+    text = scored[scored != data.eot].tolist()
+    return len(scored), len(tokens.tokenizer().decode(text).encode("utf-8"))
+
+
 def evaluate_trained(trained: TrainedRun, contexts: Sequence[int]) -> list[dict[str, Any]]:
     rows = []
+    counts = None
     for context in contexts:
         data = trained.data(at_context(trained.cfg, context))
         metrics = evaluate(trained.model, data.val_batches(), trained.device, trained.amp(), data.exact_match)
+        counts = counts or val_bytes(data)  # the same targets at every context
+        if counts and counts[1]:
+            metrics["val/bpb"] = metrics["val/loss"] * counts[0] / (math.log(2) * counts[1])
         rows.append({"context": context, **metrics})
     return rows
 
@@ -84,7 +105,7 @@ def update_eval_file(run: Run, sections: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    keys = [k for k in ("val/loss", "val/ppl", "val/acc", "val/exact_match") if k in report["results"][0]]
+    keys = [k for k in ("val/loss", "val/ppl", "val/bpb", "val/acc", "val/exact_match") if k in report["results"][0]]
     header = f"{'context':>8}" + "".join(f"{k:>17}" for k in keys)
     lines = [
         f"qkvlab eval: {report['variant']} on {report['data']} (model {report['model']}, step {report['checkpoint_step']}, "
