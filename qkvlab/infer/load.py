@@ -26,7 +26,7 @@ from qkvlab.train.device import autocast, compute_dtype, pick_device, resolve_pr
 FIXED_PREFIXES = ("model.", "variant.")
 FIXED = {"model", "variant", "data"} | {
     f"data.{k}" for k in ("name", "task", "causal", "path", "hub", "hub_config", "split", "text_field", "tokenizer",
-                          "bpe_vocab_size", "max_tokens", "num_pairs", "num_keys", "num_values")
+                          "bpe_vocab_size", "max_tokens", "val_path", "num_pairs", "num_keys", "num_values")
 }
 
 

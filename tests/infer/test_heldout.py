@@ -11,7 +11,7 @@ import pytest
 
 from qkvlab.data.source import IGNORE
 from qkvlab.infer.commands import eval_main, run_tokenizer
-from qkvlab.infer.heldout import encode_documents, heldout_documents, heldout_stream
+from qkvlab.data.heldout import encode_documents, packed_stream, read_documents
 from qkvlab.infer.load import load_trained
 
 HELDOUT = "the owl sat on the mat. an owl saw 7 birds.\n" * 8
@@ -29,8 +29,8 @@ def test_the_scored_tokens_are_exactly_the_files(text_run, tmp_path):
     for path, texts in ((tmp_path / "one.txt", [HELDOUT]), (docs, ["first doc here.", "and a second one"])):
         if path.suffix == ".txt":
             path.write_text(HELDOUT)
-        assert heldout_documents(trained, str(path)) == texts
-        x, y = heldout_stream(encode_documents(tokenizer, texts), tokenizer.eot)
+        assert read_documents(trained.cfg.data, str(path), "data.path") == texts
+        x, y = packed_stream(encode_documents(tokenizer, texts), tokenizer.eot)
         expected = np.concatenate([tokenizer.encode_batch([t])[0] for t in texts]).astype(np.int64)
         assert np.array_equal(y[y != IGNORE], expected)
         n0 = len(tokenizer.encode_batch([texts[0]])[0])  # inputs: end-of-text, then the document shifted by one
