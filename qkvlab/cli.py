@@ -26,7 +26,8 @@ commands:
   train     train a model (Hydra: qkvlab train --help lists the config groups)
   compare   compare run directories: table, significance, plots (qkvlab compare --help)
   scaling   fit loss against compute per variant; compute multipliers and gap plots
-  eval      score a trained run at several context lengths; writes RUN_DIR/eval.json
+  eval      score trained runs at several context lengths, on held-out text (--data.path) or on
+            lm-eval benchmarks (--tasks); writes RUN_DIR/eval.json
   generate  sample from a trained causal run with a KV cache
   bench     step time, tokens/s, MFU, memory, prefill/decode speed and KV bytes per variant
 

@@ -16,7 +16,7 @@ from qkvlab.errors import ConfigError  # noqa: E402
 from qkvlab.infer.commands import eval_main  # noqa: E402
 from qkvlab.infer.harness import QkvlabLM  # noqa: E402
 from qkvlab.infer.load import load_trained  # noqa: E402
-from qkvlab.infer.tasks import check_tasks, metrics_of, task_names  # noqa: E402
+from qkvlab.infer.tasks import SUITES, check_tasks, metrics_of, task_names  # noqa: E402
 from tests.conftest import REPO, qkvlab_env  # noqa: E402
 
 TASKS = "tests/infer/lm_tasks"
@@ -52,8 +52,19 @@ def test_local_tasks_of_every_kind_land_in_eval_json_and_rerun_skips_them(text_r
         right += max(range(len(scores)), key=lambda i: scores[i][0]) == row["answer"]
     assert mc["acc"] == pytest.approx(right / len(rows))
 
-    eval_main([str(run_dir), "--tasks", "qkvlab_local_mc", "--include-path", TASKS])
-    assert "already in eval.json (same step, few-shot and limit): qkvlab_local_mc" in capsys.readouterr().out
+    # Over a sweep (a shell glob's expansion): done tasks are skipped, unfinished runs said and passed over.
+    other = text_run("variant=mha")
+    unfinished = run_dir.parent / "unfinished"
+    (unfinished / ".hydra").mkdir(parents=True)
+    (unfinished / ".hydra" / "config.yaml").write_text((run_dir / ".hydra" / "config.yaml").read_text())
+    eval_main([str(run_dir), str(other), str(unfinished), str(run_dir.parent / "corpus.txt"), "--tasks", "qkvlab_local_mc",
+               "--include-path", TASKS])
+    out, err = capsys.readouterr()
+    assert "already in eval.json (same step, few-shot and limit): qkvlab_local_mc" in out
+    assert set(eval_json(other)["tasks"]) == {"qkvlab_local_mc"}
+    assert eval_json(run_dir)["tasks"] == tasks
+    assert err.strip().splitlines()[-1] == (f"qkvlab: warning: skipping {unfinished}: {unfinished / 'checkpoints' / 'final.pt'} "
+                                            "is missing; the run has not finished (status: unfinished)")
 
 
 def test_without_lm_eval_tasks_say_what_to_install(monkeypatch):
@@ -85,6 +96,11 @@ def test_an_unknown_task_is_named():
 
 
 def test_task_names_expand_suites_and_metrics_drop_the_filter():
+    import lm_eval
+
+    shipped = {line.split(":", 1)[1].strip() for path in (Path(lm_eval.__file__).parent / "tasks").rglob("*.yaml")
+               for line in path.read_text(errors="replace").splitlines() if line.startswith("task:")}
+    assert set(SUITES["zero_shot"]) <= shipped, "a suite names a task lm-eval does not ship"
     assert task_names("suite:zero_shot,piqa,extra")[-1] == "extra"
     assert task_names("piqa,piqa") == ["piqa"]
     assert metrics_of({"alias": "x", "acc,none": 0.5, "acc_stderr,none": "N/A", "exact_match,strict-match": 1.0}) == {
