@@ -144,12 +144,11 @@ class QkvlabLM(LM):
                 x[r, : len(rows[i][0])] = torch.tensor(rows[i][0])
             with self.trained.amp():
                 logits = self.model(x.to(self.device))
-            logp = F.log_softmax(logits.float(), dim=-1)
             for r, i in enumerate(chunk):
                 inp, n_cont = rows[i]
                 n = len(inp)
                 target = torch.tensor(pairs[i][1], device=self.device)
-                lp = logp[r, n - n_cont : n]
+                lp = F.log_softmax(logits[r, n - n_cont : n].float(), dim=-1)  # only the scored positions: vocab × T is large
                 out[i] = (float(lp.gather(-1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
         return out
 
