@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -53,9 +54,7 @@ def eval_main(args: list[str]) -> None:
             raise ConfigError("--data.path and --tasks are separate evaluations; run qkvlab eval once for each")
         from qkvlab.infer.heldout import evaluate_heldout
 
-        for run_dir in eval_targets(run_dirs):
-            readable_run(run_dir)
-            print(evaluate_heldout(run_dir, overrides, ns.contexts, ns.heldout), flush=True)
+        each_run(eval_targets(run_dirs), lambda run_dir: evaluate_heldout(run_dir, overrides, ns.contexts, ns.heldout))
         return
     if ns.tasks is None:
         extra = next((f"--{k.replace('_', '-')}" for k in ("num_fewshot", "limit", "batch_size", "include_path")
@@ -64,9 +63,7 @@ def eval_main(args: list[str]) -> None:
             raise ConfigError(f"{extra} applies to lm-eval benchmarks only; add --tasks (e.g. --tasks hellaswag)")
         from qkvlab.infer.evaluate_run import evaluate_run, format_report
 
-        for run_dir in eval_targets(run_dirs):
-            readable_run(run_dir)
-            print(format_report(evaluate_run(run_dir, overrides, ns.contexts)), flush=True)
+        each_run(eval_targets(run_dirs), lambda run_dir: format_report(evaluate_run(run_dir, overrides, ns.contexts)))
         return
     if ns.contexts is not None:
         raise ConfigError("--contexts and --tasks are separate evaluations; run qkvlab eval once for each")
@@ -97,6 +94,21 @@ def eval_targets(paths: list[str]) -> list[str]:
     return runs
 
 
+def each_run(targets: list[str], job: Callable[[str], str]) -> None:
+    """Print job(run_dir) for each run. With several (a sweep), a run that cannot be evaluated (unfinished,
+    torn, its corpus changed) is said in one warning line and passed over, so one bad run does not stop a suite."""
+    for run_dir in targets:
+        try:
+            readable_run(run_dir)
+            text = job(run_dir)
+        except ConfigError as exc:
+            if len(targets) == 1:
+                raise
+            print(f"qkvlab: warning: skipping {run_dir}: {exc}", file=sys.stderr, flush=True)
+            continue
+        print(text, flush=True)
+
+
 def eval_tasks(ns, run_dirs: list[str], overrides: list[str]) -> None:
     from qkvlab.infer.load import load_trained
     from qkvlab.infer.tasks import check_tasks, done_tasks, format_tasks, require_lm_eval, run_tasks, task_manager, task_names
@@ -110,19 +122,15 @@ def eval_tasks(ns, run_dirs: list[str], overrides: list[str]) -> None:
     targets = eval_targets(run_dirs)
     manager = task_manager(ns.include_path, names)
     check_tasks(manager, names, ns.include_path)
-    for run_dir in targets:
-        try:
-            readable_run(run_dir)
-            trained = load_trained(run_dir, overrides)
-        except ConfigError as exc:
-            if len(targets) == 1:
-                raise
-            print(f"qkvlab: warning: skipping {run_dir}: {exc}", file=sys.stderr, flush=True)
-            continue
+
+    def job(run_dir: str) -> str:
+        trained = load_trained(run_dir, overrides)
         skipped = done_tasks(trained, names, ns.num_fewshot, ns.limit)
         todo = [n for n in names if n not in skipped]
         results = run_tasks(trained, todo, ns.num_fewshot, ns.limit, ns.batch_size, ns.include_path, manager) if todo else {}
-        print(format_tasks(trained, results, skipped), flush=True)
+        return format_tasks(trained, results, skipped)
+
+    each_run(targets, job)
 
 
 def run_tokenizer(data):

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from qkvlab.data.heldout import batches, encode_documents, packed_stream, read_documents, window_rows
 from qkvlab.data.source import IGNORE
 from qkvlab.errors import ConfigError
+from qkvlab.rundir import EVAL_FILE
 from qkvlab.infer.load import TrainedRun
 from qkvlab.train.evaluate import evaluate
 
@@ -46,6 +47,7 @@ def format_heldout(trained: TrainedRun, path: str, report: dict[str, Any]) -> st
     ]
     for row in report["results"]:
         lines.append(f"{row['context']:>8}{row['loss']:>12.4f}{row['ppl']:>12.4f}{row['bpb']:>12.4f}{row['acc']:>10.4f}")
+    lines.append(f"  wrote {trained.run.path / EVAL_FILE} (heldout)")
     return "\n".join(lines)
 
 

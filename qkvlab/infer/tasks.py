@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from qkvlab.errors import ConfigError
 from qkvlab.infer.evaluate_run import update_eval_file
 from qkvlab.infer.load import TrainedRun
+from qkvlab.rundir import EVAL_FILE
 
 INSTALL = "pip install 'qkvlab[eval]'"
 SUITES = {
@@ -129,17 +130,19 @@ def run_tasks(
 
 def format_tasks(trained: TrainedRun, results: dict[str, dict[str, Any]], skipped: Sequence[str]) -> str:
     cfg = trained.cfg
-    lines = [f"qkvlab eval: {cfg.variant.name} on {cfg.data.name} (model {cfg.model.name}, step {trained.step}) "
-             f"{trained.run.path}"]
-    lines.append(f"  {'task':<24}{'metric':<20}{'value':>10}{'stderr':>10}")
+    lines = [f"qkvlab eval: {cfg.variant.name} on {cfg.data.name} (model {cfg.model.name}, step {trained.step}, "
+             f"{trained.precision} on {trained.device}), lm-eval tasks",
+             f"  {'task':<24}{'metric':<20}{'value':>14}{'stderr':>10}"]
     for task, metrics in results.items():
         for name, value in metrics.items():
-            if name.endswith("_stderr") or "_stderr/" in name or name in ("checkpoint_step", "num_fewshot", "limit"):
+            if "_stderr" in name or name in ("checkpoint_step", "num_fewshot", "limit"):
                 continue
             stderr = metrics.get(name.replace("/", "_stderr/", 1) if "/" in name else f"{name}_stderr")
-            lines.append(f"  {task:<24}{name:<20}{fmt(value):>10}{fmt(stderr):>10}")
+            lines.append(f"  {task:<24}{name:<20}{fmt(value):>14}{fmt(stderr):>10}")
     if skipped:
         lines.append(f"  already in eval.json (same step, few-shot and limit): {', '.join(skipped)}")
+    if results:
+        lines.append(f"  wrote {trained.run.path / EVAL_FILE}")
     return "\n".join(lines)
 
 

@@ -40,7 +40,7 @@ def test_local_tasks_of_every_kind_land_in_eval_json_and_rerun_skips_them(text_r
     mc = tasks["qkvlab_local_mc"]
     assert 0 <= mc["acc"] <= 1 and mc["acc_stderr"] > 0 and mc["checkpoint_step"] == 3
     assert tasks["qkvlab_local_ppl"]["bits_per_byte"] > 0 and 0 <= tasks["qkvlab_local_gen"]["exact_match"] <= 1
-    assert f"  qkvlab_local_mc         acc                     {mc['acc']:.4f}    {mc['acc_stderr']:.4f}" in out
+    assert f"  qkvlab_local_mc         acc                         {mc['acc']:.4f}    {mc['acc_stderr']:.4f}" in out
 
     lm = QkvlabLM(trained=load_trained(run_dir))  # the accuracy is the share of rows whose answer scores highest
     rows = [json.loads(line) for line in (REPO / TASKS / "mc.jsonl").read_text().splitlines()]
