@@ -73,6 +73,9 @@ class QkvlabLM(LM):
         **unused: Any,
     ):
         super().__init__()
+        if unused:
+            raise ConfigError(f"model_args: the qkvlab model has no argument '{next(iter(unused))}'; it takes run_dir, "
+                              "max_length, max_gen_toks (and lm-eval's batch_size, device)")
         if trained is None:
             if not run_dir:
                 raise ConfigError("the qkvlab model needs run_dir: --model_args run_dir=RUN_DIR")

@@ -12,6 +12,7 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from qkvlab.data.source import IGNORE  # noqa: E402
+from qkvlab.errors import ConfigError  # noqa: E402
 from qkvlab.infer.generate import Sampling, generate  # noqa: E402
 from qkvlab.infer.harness import QkvlabLM  # noqa: E402
 from qkvlab.infer.load import load_trained  # noqa: E402
@@ -85,3 +86,10 @@ def test_generate_until_stops_at_until_and_is_qkvlab_generates_greedy_output(tex
     stop = full[0][3:5]  # a string the greedy output holds: the text must end just before it
     cut = lm.generate_until([request("generate_until", (prompts[0], {"until": [stop], "max_gen_toks": 20}))])
     assert cut == [full[0][: full[0].index(stop)]]
+
+
+def test_a_misspelt_model_arg_is_one_line():
+    with pytest.raises(ConfigError) as err:
+        QkvlabLM.create_from_arg_string("rundir=x")
+    assert str(err.value) == ("model_args: the qkvlab model has no argument 'rundir'; it takes run_dir, "
+                              "max_length, max_gen_toks (and lm-eval's batch_size, device)")
