@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +12,7 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
+from qkvlab.analysis.command import compare_command  # noqa: E402
 from qkvlab.errors import ConfigError  # noqa: E402
 from qkvlab.infer.commands import eval_main  # noqa: E402
 from qkvlab.infer.harness import QkvlabLM  # noqa: E402
@@ -53,7 +54,7 @@ def test_local_tasks_of_every_kind_land_in_eval_json_and_rerun_skips_them(text_r
     assert mc["acc"] == pytest.approx(right / len(rows))
 
     # Over a sweep (a shell glob's expansion): done tasks are skipped, unfinished runs said and passed over.
-    other = text_run("variant=mha")
+    other = text_run("variant=mha", "data.tokenizer=bpe", "data.bpe_vocab_size=300")
     unfinished = run_dir.parent / "unfinished"
     (unfinished / ".hydra").mkdir(parents=True)
     (unfinished / ".hydra" / "config.yaml").write_text((run_dir / ".hydra" / "config.yaml").read_text())
@@ -65,6 +66,12 @@ def test_local_tasks_of_every_kind_land_in_eval_json_and_rerun_skips_them(text_r
     assert eval_json(run_dir)["tasks"] == tasks
     assert err.strip().splitlines()[-1] == (f"qkvlab: warning: skipping {unfinished}: {unfinished / 'checkpoints' / 'final.pt'} "
                                             "is missing; the run has not finished (status: unfinished)")
+
+    compare_command([str(run_dir), str(other), "--no-plots"])  # and compare shows the task as a column
+    table = capsys.readouterr().out.split("Downstream tasks (lm-eval, eval.json)")[1].strip().splitlines()
+    assert "qkvlab_local_mc/acc_norm" in table[0] and table[2].startswith("mha") and table[3].startswith("k_eq_v")
+    delta = mc["acc_norm"] - eval_json(other)["tasks"]["qkvlab_local_mc"]["acc_norm"]
+    assert re.search(rf"{mc['acc_norm']:.4f} +{re.escape(f'{delta:+.4f}')} ", table[3])
 
 
 def test_without_lm_eval_tasks_say_what_to_install(monkeypatch):
