@@ -67,7 +67,7 @@ def test_local_tasks_of_every_kind_land_in_eval_json_and_rerun_skips_them(text_r
     assert err.strip().splitlines()[-1] == (f"qkvlab: warning: skipping {unfinished}: {unfinished / 'checkpoints' / 'final.pt'} "
                                             "is missing; the run has not finished (status: unfinished)")
 
-    compare_command([str(run_dir), str(other), "--no-plots"])  # and compare shows the task as a column
+    compare_command([str(run_dir), str(other), "--no-plots", "--out", str(run_dir.parent / "compare")])  # and compare shows the task as a column
     table = capsys.readouterr().out.split("Downstream tasks (lm-eval, eval.json)")[1].strip().splitlines()
     assert "qkvlab_local_mc/acc_norm" in table[0] and table[2].startswith("mha") and table[3].startswith("k_eq_v")
     delta = mc["acc_norm"] - eval_json(other)["tasks"]["qkvlab_local_mc"]["acc_norm"]
