@@ -27,7 +27,8 @@ commands:
   compare   compare run directories: table, significance, plots (qkvlab compare --help)
   scaling   fit loss against compute per variant; compute multipliers and gap plots
   convert   turn a trained mha/gqa/mqa run into its K=V form (W_KV = A·W_K + (1 − A)·W_V) and evaluate it
-  eval      score a trained run at several context lengths; writes RUN_DIR/eval.json
+  eval      score trained runs at several context lengths, on held-out text (--data.path) or on
+            lm-eval benchmarks (--tasks); writes RUN_DIR/eval.json
   generate  sample from a trained causal run with a KV cache
   analyze   attention maps, score symmetry, Q/K/V similarity and effective rank of a trained run
   bench     step time, tokens/s, MFU, memory, prefill/decode speed and KV bytes per variant

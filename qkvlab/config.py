@@ -149,6 +149,9 @@ class DataConfig:
     bpe_vocab_size: int = 4096
     # Validation tokens, held out from the end of the token stream; the same for every variant and seed.
     val_tokens: int = 65536
+    # A separate validation file (or folder, as `path`): validation scores its first `val_tokens` tokens and
+    # training uses the whole of the training stream; null holds out the tail of the training text.
+    val_path: Optional[str] = None
     # Stop reading the corpus after this many tokens (for streamed corpora); null reads it all.
     max_tokens: Optional[int] = None
     # Tokenizer processes; null picks one per core for large corpora.

@@ -18,6 +18,7 @@ from qkvlab.runlock import is_held
 
 
 RUN_FILE = "run.json"
+EVAL_FILE = "eval.json"
 
 
 def read_run_meta(run_dir: Path) -> tuple[dict[str, Any], str | None]:
@@ -67,6 +68,17 @@ class Run:
         meta, _ = read_run_meta(self.path)
         value = meta.get("wandb_id")
         return str(value) if value else None
+
+    @cached_property
+    def evaluation(self) -> dict[str, Any]:
+        """eval.json (what `qkvlab eval` wrote: `results` per context, `tasks` per benchmark); {} when absent or torn."""
+        path = self.path / EVAL_FILE
+        try:
+            report = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, UnicodeDecodeError, ValueError):
+            print(f"qkvlab: warning: {path} is unreadable; ignoring it (qkvlab eval rewrites it)", file=sys.stderr, flush=True)
+            return {}
+        return report if isinstance(report, dict) else {}
 
     @property
     def error(self) -> str:

@@ -35,6 +35,33 @@ METRICS = (
 )
 # The Welch test compares per-seed final validation losses (log-perplexities).
 TEST_METRIC = "val/loss"
+# What `qkvlab eval --tasks` records beside each task's metrics (not metrics themselves).
+TASK_SETTINGS = ("checkpoint_step", "num_fewshot", "limit")
+# A task's headline column, the first it has: length-normalised accuracy where lm-eval reports it
+# (HellaSwag, PIQA, ARC, OpenBookQA, SciQ), else accuracy, exact match, or perplexity (WikiText).
+HEADLINE = ("acc_norm", "acc", "exact_match", "word_perplexity", "perplexity", "bits_per_byte")
+
+
+def task_values(run: Run) -> dict[str, float]:
+    """A run's lm-eval results from eval.json as `task/metric` -> value (stderrs and settings left out)."""
+    tasks = run.evaluation.get("tasks")
+    out: dict[str, float] = {}
+    for task, metrics in (tasks if isinstance(tasks, dict) else {}).items():
+        for name, value in (metrics if isinstance(metrics, dict) else {}).items():
+            if name in TASK_SETTINGS or "_stderr" in name or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            out[f"{task}/{name}"] = float(value)
+    return out
+
+
+def headline_keys(keys: Sequence[str]) -> list[str]:
+    """One `task/metric` per task, in task order."""
+    by_task: dict[str, list[str]] = defaultdict(list)
+    for key in keys:
+        task, _, metric = key.partition("/")
+        by_task[task].append(metric)
+    rank = lambda m: HEADLINE.index(m) if m in HEADLINE else len(HEADLINE)  # noqa: E731
+    return [f"{task}/{min(metrics, key=rank)}" for task, metrics in sorted(by_task.items())]
 
 
 def setting_text(setting: Sequence[tuple[str, Any]]) -> list[str]:
@@ -56,6 +83,10 @@ class Group:
     delta_ppl_pct: float = math.nan
     delta_loss_pct: float = math.nan
     p_value: float = math.nan
+    # lm-eval task metrics (`task/metric`): seeds aggregated, difference from the baseline's mean, Welch p.
+    task_stats: dict[str, Agg] = field(default_factory=dict)
+    task_delta: dict[str, float] = field(default_factory=dict)
+    task_p: dict[str, float] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -68,6 +99,9 @@ class Group:
     def values(self, key: str) -> list[float]:
         return [r.summary[key] for r in self.runs if isinstance(r.summary.get(key), (int, float))]
 
+    def task_values(self, key: str) -> list[float]:
+        return [v for v in (task_values(r).get(key) for r in self.runs) if v is not None]
+
 
 @dataclass
 class Comparison:
@@ -79,6 +113,8 @@ class Comparison:
     best_of: list[str]
     notes: list[str] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
+    # Every lm-eval `task/metric` some group has, sorted.
+    task_keys: list[str] = field(default_factory=list)
 
     def significant(self, g: Group) -> bool:
         return math.isfinite(g.p_value) and g.p_value < self.alpha
@@ -121,6 +157,8 @@ def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> list[Group]:
     for g in groups.values():
         g.runs.sort(key=lambda r: (r.flat_config.get("seed", 0), str(r.path)))
         g.stats = {m: Agg.of(g.values(m)) for m in METRICS}
+        keys = sorted({k for r in g.runs for k in task_values(r)})
+        g.task_stats = {k: Agg.of(g.task_values(k)) for k in keys}
     return list(groups.values())
 
 
@@ -153,6 +191,11 @@ def attach_baselines(groups: list[Group], baseline: str, best_of: Sequence[str])
         g.delta_loss_pct = delta_pct(g.stats["val/loss"].mean, b.stats["val/loss"].mean)
         if g is not b:
             g.p_value = welch_p(g.values(TEST_METRIC), b.values(TEST_METRIC))
+        for key, agg in g.task_stats.items():
+            if key in b.task_stats:
+                g.task_delta[key] = agg.mean - b.task_stats[key].mean
+                if g is not b:
+                    g.task_p[key] = welch_p(g.task_values(key), b.task_values(key))
 
 
 def compare(runs: Sequence[Run], baseline: str = "mha", alpha: float = 0.05, best_of: Sequence[str] = ()) -> Comparison:
@@ -175,4 +218,5 @@ def compare(runs: Sequence[Run], baseline: str = "mha", alpha: float = 0.05, bes
         g.variant,
         tuple(_sortable(v) for _, v in g.setting),
     ))
-    return Comparison(groups, excluded, baseline, alpha, keys, list(best_of), notes, duplicates)
+    task_keys = sorted({k for g in groups for k in g.task_stats})
+    return Comparison(groups, excluded, baseline, alpha, keys, list(best_of), notes, duplicates, task_keys)

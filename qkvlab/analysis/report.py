@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from qkvlab.analysis.compare import METRICS, Comparison, Group, setting_text
+from qkvlab.analysis.compare import METRICS, Comparison, Group, headline_keys, setting_text
 from qkvlab.analysis.stats import Agg
 
 
@@ -87,6 +87,32 @@ def accuracy_rows(c: Comparison) -> tuple[list[str], list[list[str]]] | None:
     return header, rows
 
 
+def task_rows(c: Comparison) -> tuple[list[str], list[list[str]]] | None:
+    """lm-eval benchmarks (eval.json's `tasks`): per task its headline metric, the difference from the
+    baseline's mean (in the metric's own units) and the Welch p over seeds. None when no run has any."""
+    keys = headline_keys(c.task_keys)
+    if not keys:
+        return None
+    header = ["variant", "n"]
+    for key in keys:
+        header += [key, f"Δ vs {c.baseline}", "p"]
+    rows = []
+    for g in c.groups:
+        row = [g.label, str(max((a.n for a in g.task_stats.values()), default=0))]
+        for key in keys:
+            agg = g.task_stats.get(key)
+            delta = g.task_delta.get(key, math.nan)
+            if g is g.baseline:
+                shown_delta, p = "baseline", "—"
+            else:
+                p_value = g.task_p.get(key, math.nan)
+                shown_delta = "—" if not math.isfinite(delta) else f"{delta:+.4f}" + ("*" if math.isfinite(p_value) and p_value < c.alpha else "")
+                p = _num(p_value, 3)
+            row += [_pm(agg) if agg else "—", shown_delta, p]
+        rows.append(row)
+    return header, rows
+
+
 def excluded_rows(c: Comparison) -> tuple[list[str], list[list[str]]]:
     return ["run directory", "status", "error"], [[str(r.path), r.status, r.error or "—"] for r in c.excluded]
 
@@ -125,6 +151,11 @@ def render(c: Comparison, fmt: str) -> str:
     acc = accuracy_rows(c)
     if acc:
         parts += [title("Validation accuracy % per task"), table(*acc)]
+    tasks = task_rows(c)
+    if tasks:
+        parts += [title("Downstream tasks (lm-eval, eval.json)"), table(*tasks),
+                  f"mean ± std over seeds; Δ = difference of means from {c.baseline} of the same setting; "
+                  f"p = Welch t-test over seeds; * = significant at alpha {c.alpha}"]
     if c.excluded:
         parts += [title(f"Not included: {len(c.excluded)} failed, unfinished or unreadable run(s)"), table(*excluded_rows(c))]
     if c.duplicates:
@@ -144,6 +175,8 @@ def write_csv(c: Comparison, path: Path) -> None:
     for m in METRICS:
         header += [f"{m}/mean", f"{m}/std"]
     header += ["delta_ppl_pct", "delta_loss_pct", "p_value", "significant"]
+    for key in c.task_keys:
+        header += [f"{key}/mean", f"{key}/std", f"{key}/delta", f"{key}/p_value"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -153,6 +186,10 @@ def write_csv(c: Comparison, path: Path) -> None:
             for m in METRICS:
                 row += [_csv_value(g.stats[m].mean), _csv_value(g.stats[m].std)]
             row += [_csv_value(g.delta_ppl_pct), _csv_value(g.delta_loss_pct), _csv_value(g.p_value), c.significant(g)]
+            for key in c.task_keys:
+                agg = g.task_stats.get(key)
+                row += [_csv_value(agg.mean) if agg else "", _csv_value(agg.std) if agg else "",
+                        _csv_value(g.task_delta.get(key, math.nan)), _csv_value(g.task_p.get(key, math.nan))]
             w.writerow(row)
 
 

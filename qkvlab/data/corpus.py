@@ -28,24 +28,25 @@ _REPLACEMENT_BYTES = REPLACEMENT.encode()
 PIECE_CHARS = 1 << 18
 
 
-def local_files(path: str) -> list[Path]:
-    """The corpus files named by data.path (a file, or a directory searched recursively)."""
+def local_files(path: str, key: str = "data.path") -> list[Path]:
+    """The corpus files named by data.path (a file, or a directory searched recursively); `key` names the
+    setting in messages (data.val_path reads files the same way)."""
     root = Path(path).expanduser()
     if not root.exists():
-        raise ConfigError(f"data.path={path} does not exist; point data.path at a .txt, .jsonl or .parquet file or a directory of them")
+        raise ConfigError(f"{key}={path} does not exist; point {key} at a .txt, .jsonl or .parquet file or a directory of them")
     if root.is_file():
         if root.suffix.lower() not in BUILDERS:
-            raise ConfigError(f"data.path={path} has an unsupported type '{root.suffix}'; use one of: {', '.join(sorted(BUILDERS))}")
+            raise ConfigError(f"{key}={path} has an unsupported type '{root.suffix}'; use one of: {', '.join(sorted(BUILDERS))}")
         files = [root]
     else:
         files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in BUILDERS and not p.name.startswith("."))
         if not files:
-            raise ConfigError(f"data.path={path} holds no corpus files; add files ending in one of: {', '.join(sorted(BUILDERS))}")
+            raise ConfigError(f"{key}={path} holds no corpus files; add files ending in one of: {', '.join(sorted(BUILDERS))}")
     builders = {BUILDERS[p.suffix.lower()] for p in files}
     if len(builders) > 1:
-        raise ConfigError(f"data.path={path} mixes file types ({', '.join(sorted(builders))}); point data.path at one type")
+        raise ConfigError(f"{key}={path} mixes file types ({', '.join(sorted(builders))}); point {key} at one type")
     if sum(p.stat().st_size for p in files) == 0:
-        raise ConfigError(f"data.path={path} is empty (0 bytes of text); point data.path at a corpus with text in it")
+        raise ConfigError(f"{key}={path} is empty (0 bytes of text); point {key} at a corpus with text in it")
     return [p.resolve() for p in files]
 
 

@@ -15,7 +15,7 @@ from qkvlab.errors import ConfigError
 SYNTHETIC_ONLY = ("val_size", "val_seed", "train_size")
 MQAR_ONLY = ("num_pairs", "num_keys", "num_values")
 TEXT_ONLY = ("path", "hub", "hub_config", "split", "text_field", "streaming", "tokenizer", "bpe_vocab_size", "val_tokens",
-             "max_tokens", "num_proc")
+             "val_path", "max_tokens", "num_proc")
 _DEFAULTS = DataConfig()
 
 

@@ -6,7 +6,8 @@ only from the head, validation only from the tail. The tail starts at a
 document boundary when one lies within `val_tokens` of the cut, so no
 document is shared (a one-document corpus, such as one .txt file, is cut
 mid-text). Validation is the first `val_tokens` targets of the tail, so it is
-the same tokens for every variant and every seed; training windows start at
+the same tokens for every variant and every seed (with `data.val_path`, those of
+a separate file, qkvlab/data/heldout.py, and the whole stream trains); training windows start at
 positions drawn from (seed, step, micro-step) alone, so a resumed run and
 every variant with that seed see the same data.
 """
@@ -21,7 +22,7 @@ import torch
 
 from qkvlab.config import Config, DataConfig
 from qkvlab.errors import ConfigError
-from qkvlab.data import corpus, offline, tokenizer
+from qkvlab.data import corpus, heldout, offline, tokenizer
 from qkvlab.data.source import IGNORE, Batch
 from qkvlab.data.token_cache import CACHE_FORMAT, CacheRequest, TokenCache, open_token_cache
 
@@ -36,6 +37,8 @@ def check_text(d: DataConfig) -> None:
         raise ConfigError("data.causal=false is not supported for data.task=text (next-token prediction); set data.causal=true")
     if d.val_tokens < 1:
         raise ConfigError(f"data.val_tokens={d.val_tokens} is out of range; it must be >= 1")
+    if d.val_path is not None:
+        corpus.local_files(d.val_path, "data.val_path")
     if d.max_tokens is not None and d.max_tokens < 2 * (d.val_tokens + d.seq_len + 1):
         raise ConfigError(
             f"data.max_tokens={d.max_tokens} leaves too little for data.val_tokens={d.val_tokens}; "
@@ -106,10 +109,11 @@ class TextData:
         self.tokens = open_token_cache(cache_request(d, progress=cfg.train.progress))
         self.vocab_size = self.tokens.vocab_size
         self.eot = self.tokens.eot
-        self.val_start = split_point(self.tokens, d.val_tokens)
+        # With a separate validation file the whole stream trains.
+        self.val_start = len(self.tokens) if d.val_path is not None else split_point(self.tokens, d.val_tokens)
         if self.val_start < d.seq_len + 2:
             raise ConfigError(f"the corpus has only {self.val_start:,} training tokens, fewer than data.seq_len={d.seq_len}; use a larger corpus")
-        self._val = self._val_rows()
+        self._val = self._val_file_rows() if d.val_path is not None else self._val_rows()
 
     def train_positions(self, step: int, micro: int = 0) -> np.ndarray:
         rng = np.random.default_rng([self.seed, _TRAIN_STREAM, step, micro])
@@ -131,6 +135,12 @@ class TextData:
         y = np.full(rows * L, IGNORE, dtype=np.int64)
         x[:n], y[:n] = stream[:-1], stream[1:]
         return torch.from_numpy(x.reshape(rows, L)), torch.from_numpy(y.reshape(rows, L))
+
+    def _val_file_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """data.val_path's first `val_tokens` tokens (all of it when shorter), packed as held-out text is."""
+        docs = heldout.read_documents(self.cfg, self.cfg.val_path, "data.val_path")
+        x, y = heldout.packed_stream(heldout.encode_documents(self.tokens.tokenizer(), docs), self.eot, self.cfg.val_tokens)
+        return heldout.window_rows(x, y, self.cfg.seq_len, self.eot)
 
     def val_batches(self) -> Iterator[Batch]:
         x, y = self._val

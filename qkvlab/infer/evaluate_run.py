@@ -8,15 +8,20 @@ synthetic task defines its own sequence length, so it is scored once, at it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any, Sequence
+
+import torch
 
 from qkvlab.checks import checked
 from qkvlab.config import Config
 from qkvlab.errors import ConfigError
+from qkvlab.data.source import IGNORE
 from qkvlab.data.synthetic import SYNTHETIC_TASKS
 from qkvlab.infer.load import TrainedRun, load_trained
 from qkvlab.files import write_json_atomic
+from qkvlab.rundir import EVAL_FILE, Run
 from qkvlab.train.evaluate import evaluate
 
 DEFAULT_CONTEXTS = (512, 1024, 2048)
@@ -45,11 +50,28 @@ def at_context(cfg: Config, seq_len: int) -> Config:
     return checked(out)
 
 
+def val_bytes(data) -> tuple[int, int] | None:
+    """(scored tokens, UTF-8 bytes of their text) of a text run's validation targets; None for synthetic data.
+    End-of-text targets count as tokens and add no bytes. The text is the targets decoded in one piece, so at
+    most a character cut at either end of the split is counted as a replacement character."""
+    tokens = getattr(data, "tokens", None)
+    if tokens is None:
+        return None
+    targets = torch.cat([y.flatten() for _, y in data.val_batches()])
+    scored = targets[targets != IGNORE]
+    text = scored[scored != data.eot].tolist()
+    return len(scored), len(tokens.tokenizer().decode(text).encode("utf-8"))
+
+
 def evaluate_trained(trained: TrainedRun, contexts: Sequence[int]) -> list[dict[str, Any]]:
     rows = []
+    counts = None
     for context in contexts:
         data = trained.data(at_context(trained.cfg, context))
         metrics = evaluate(trained.model, data.val_batches(), trained.device, trained.amp(), data.exact_match)
+        counts = counts or val_bytes(data)  # the same targets at every context
+        if counts and counts[1]:
+            metrics["val/bpb"] = metrics["val/loss"] * counts[0] / (math.log(2) * counts[1])
         rows.append({"context": context, **metrics})
     return rows
 
@@ -70,12 +92,20 @@ def evaluate_run(run_dir: Path | str, overrides: Sequence[str] = (), contexts: S
         "overrides": list(overrides),
         "results": rows,
     }
-    write_json_atomic(trained.run.path / "eval.json", report)
+    return update_eval_file(trained.run, report)
+
+
+def update_eval_file(run: Run, sections: dict[str, Any]) -> dict[str, Any]:
+    """eval.json with `sections` replaced and the rest kept: perplexity and benchmark results are
+    written by separate `qkvlab eval` calls and neither may erase the other."""
+    report = {**run.evaluation, **sections}
+    write_json_atomic(run.path / EVAL_FILE, report)
+    run.__dict__.pop("evaluation", None)
     return report
 
 
 def format_report(report: dict[str, Any]) -> str:
-    keys = [k for k in ("val/loss", "val/ppl", "val/acc", "val/exact_match") if k in report["results"][0]]
+    keys = [k for k in ("val/loss", "val/ppl", "val/bpb", "val/acc", "val/exact_match") if k in report["results"][0]]
     header = f"{'context':>8}" + "".join(f"{k:>17}" for k in keys)
     lines = [
         f"qkvlab eval: {report['variant']} on {report['data']} (model {report['model']}, step {report['checkpoint_step']}, "
@@ -84,5 +114,5 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for row in report["results"]:
         lines.append(f"{row['context']:>8}" + "".join(f"{row[k]:>17.4f}" for k in keys))
-    lines.append(f"  wrote {Path(report['run']) / 'eval.json'}")
+    lines.append(f"  wrote {Path(report['run']) / EVAL_FILE}")
     return "\n".join(lines)

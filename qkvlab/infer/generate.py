@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -60,7 +60,46 @@ def next_token(logits: torch.Tensor, s: Sampling, generator: Optional[torch.Gene
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def check_length(model, prompt_len: int, max_new_tokens: int) -> None:
+    if prompt_len + max_new_tokens > model.cfg.context:
+        raise ValueError(
+            f"prompt ({prompt_len} tokens) + max new tokens ({max_new_tokens}) is above the model's context "
+            f"({model.cfg.context}); shorten the prompt or lower --max-new-tokens"
+        )
+
+
 @torch.no_grad()
+def stream(
+    model,
+    prompt: torch.Tensor,
+    s: Sampling,
+    generator: Optional[torch.Generator] = None,
+    use_cache: bool = True,
+    amp=None,
+    cache_dtype: Optional[torch.dtype] = None,
+) -> Iterator[torch.Tensor]:
+    """The new tokens of a (B, T) prompt one step at a time, each (B,): a caller may stop early
+    (lm-eval's stop strings) without paying for the steps it does not take."""
+    amp = amp or contextlib.nullcontext()
+    B, T = prompt.shape
+    check_length(model, T, s.max_new_tokens)
+    seq = prompt
+    cache = KVCache(model, B, T + s.max_new_tokens, cache_dtype) if use_cache else None
+    with amp:
+        logits = model(prompt, cache, 0)[:, -1] if use_cache else model(prompt)[:, -1]
+    for i in range(s.max_new_tokens):
+        tok = next_token(logits, s, generator)
+        yield tok
+        if i == s.max_new_tokens - 1:
+            return
+        with amp:
+            if use_cache:
+                logits = model(tok[:, None], cache, T + i)[:, -1]
+            else:
+                seq = torch.cat([seq, tok[:, None]], dim=1)
+                logits = model(seq)[:, -1]
+
+
 def generate(
     model,
     prompt: torch.Tensor,
@@ -71,27 +110,4 @@ def generate(
     cache_dtype: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """(B, T) prompt to (B, max_new_tokens) new tokens."""
-    amp = amp or contextlib.nullcontext()
-    B, T = prompt.shape
-    total = T + s.max_new_tokens
-    if total > model.cfg.context:
-        raise ValueError(
-            f"prompt ({T} tokens) + max new tokens ({s.max_new_tokens}) is above the model's context "
-            f"({model.cfg.context}); shorten the prompt or lower --max-new-tokens"
-        )
-    seq = prompt
-    cache = KVCache(model, B, total, cache_dtype) if use_cache else None
-    new = []
-    with amp:
-        logits = model(prompt, cache, 0)[:, -1] if use_cache else model(prompt)[:, -1]
-        for i in range(s.max_new_tokens):
-            tok = next_token(logits, s, generator)
-            new.append(tok)
-            if i == s.max_new_tokens - 1:
-                break
-            if use_cache:
-                logits = model(tok[:, None], cache, T + i)[:, -1]
-            else:
-                seq = torch.cat([seq, tok[:, None]], dim=1)
-                logits = model(seq)[:, -1]
-    return torch.stack(new, dim=1)
+    return torch.stack(list(stream(model, prompt, s, generator, use_cache, amp, cache_dtype)), dim=1)

@@ -26,7 +26,7 @@ from qkvlab.train.device import autocast, compute_dtype, pick_device, resolve_pr
 FIXED_PREFIXES = ("model.", "variant.")
 FIXED = {"model", "variant", "data"} | {
     f"data.{k}" for k in ("name", "task", "causal", "path", "hub", "hub_config", "split", "text_field", "tokenizer",
-                          "bpe_vocab_size", "max_tokens", "num_pairs", "num_keys", "num_values")
+                          "bpe_vocab_size", "max_tokens", "val_path", "num_pairs", "num_keys", "num_values")
 }
 
 
@@ -64,9 +64,10 @@ def run_overrides(run: Run, overrides: Sequence[str]):
     for o in overrides:
         key = o.split("=", 1)[0].strip()
         if key in FIXED or key.startswith(FIXED_PREFIXES):
+            hint = " (to score other text with the run's tokenizer: qkvlab eval RUN_DIR --data.path FILE)" if key == "data.path" else ""
             raise ConfigError(
                 f"{o} would change the data, tokenizer or model this run trained with; "
-                f"eval and generate always use the run's own: drop {key}"
+                f"eval and generate always use the run's own: drop {key}{hint}"
             )
     return OmegaConf.merge(OmegaConf.create(run.config), OmegaConf.from_dotlist(list(overrides)))
 

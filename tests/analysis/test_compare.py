@@ -109,6 +109,29 @@ def test_accuracy_per_task_table(tmp_path, capsys):
     assert "60.0" in q_row and "95.0" in q_row
 
 
+def test_lm_eval_task_metrics_are_columns_with_delta_and_welch(sweep, tmp_path, capsys):
+    """eval.json's `tasks` (what qkvlab eval --tasks writes) as compare columns: headline metric per task."""
+    acc = {"mha": [0.50, 0.52, 0.48], "k_eq_v": [0.40, 0.41, 0.39]}
+    for variant, values in acc.items():
+        for seed, value in enumerate(values):
+            tasks = {"piqa": {"acc": value, "acc_norm": value + 0.1, "acc_stderr": 0.01, "checkpoint_step": 20,
+                              "num_fewshot": None, "limit": None}}
+            (sweep / f"{variant}-s{seed}" / "eval.json").write_text(json.dumps({"tasks": tasks}))
+    out = tmp_path / "report"
+    compare_command([str(sweep), "--out", str(out), "--no-plots"])
+    table = capsys.readouterr().out.split("Downstream tasks (lm-eval, eval.json)")[1]
+    header, rule, mha_row, keqv_row = table.strip().splitlines()[:4]
+    assert header.split() == ["variant", "n", "piqa/acc_norm", "Δ", "vs", "mha", "p"]
+    p = stats.ttest_ind([v + 0.1 for v in acc["k_eq_v"]], [v + 0.1 for v in acc["mha"]], equal_var=False).pvalue
+    assert mha_row.split() == ["mha", "3", "0.6000", "±", "0.0200", "baseline", "—"]
+    assert keqv_row.split() == ["k_eq_v", "3", "0.5000", "±", "0.0100", "-0.1000*", f"{p:.3f}"]
+    rows = {r["variant"]: r for r in csv.DictReader(open(out / "compare.csv"))}
+    assert float(rows["k_eq_v"]["piqa/acc/mean"]) == pytest.approx(0.40)
+    assert float(rows["k_eq_v"]["piqa/acc/delta"]) == pytest.approx(-0.10)
+    assert float(rows["k_eq_v"]["piqa/acc_norm/p_value"]) == pytest.approx(p)
+    assert "piqa/acc_stderr/mean" not in rows["k_eq_v"] and "piqa/checkpoint_step/mean" not in rows["k_eq_v"]
+
+
 def test_clear_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare_command([str(tmp_path / "nope")])

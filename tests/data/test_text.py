@@ -93,3 +93,26 @@ def test_tinyshakespeare_with_a_fresh_bpe(shakespeare, text_config):
     assert stream[-1] == data.eot and (stream == data.eot).sum() == 1  # one file, one document
     assert data.tokens.tokenizer().decode(stream[:-1]) == shakespeare.read_text()
     assert 250_000 < len(stream) < 450_000  # about 3 bytes a token
+
+
+def test_val_path_validates_on_exactly_the_files_tokens_and_trains_on_the_whole_stream(corpus, tmp_path, text_config):
+    held = tmp_path / "held.jsonl"
+    held.write_text('{"text": "held out one"}\n{"text": "and two"}\n')
+    plain = TextData(text_config(corpus, val_tokens=256))
+    data = TextData(text_config(corpus, val_tokens=256, val_path=str(held)))
+    assert data.tokens.path == plain.tokens.path  # the same training token cache, nothing added to it
+    assert data.val_start == len(data.tokens) > plain.val_start
+    xs, ys = zip(*data.val_batches())
+    y = torch.cat(ys).flatten()
+    assert bytes(y[y != IGNORE].tolist()) == b"held out oneand two"
+    assert torch.cat(xs).flatten()[0] == data.eot and (torch.cat(xs).flatten()[13] == data.eot)  # a document follows end-of-text
+    capped = TextData(text_config(corpus, val_tokens=5, val_path=str(held)))
+    y = torch.cat([b for _, b in capped.val_batches()]).flatten()
+    assert bytes(y[y != IGNORE].tolist()) == b"held "
+
+
+def test_a_missing_val_path_is_one_line(corpus, tmp_path, text_config):
+    with pytest.raises(ConfigError) as err:
+        text_config(corpus, val_path=str(tmp_path / "nope.txt"))
+    assert str(err.value) == (f"data.val_path={tmp_path / 'nope.txt'} does not exist; "
+                              "point data.val_path at a .txt, .jsonl or .parquet file or a directory of them")

@@ -30,9 +30,10 @@ def test_an_override_that_changes_tokenizer_or_model_is_refused(run_dir, overrid
     key = override.split("=")[0]
     with pytest.raises(ConfigError) as err:
         load_trained(run_dir, [override])
+    hint = " (to score other text with the run's tokenizer: qkvlab eval RUN_DIR --data.path FILE)" if key == "data.path" else ""
     assert str(err.value) == (
         f"{override} would change the data, tokenizer or model this run trained with; "
-        f"eval and generate always use the run's own: drop {key}"
+        f"eval and generate always use the run's own: drop {key}{hint}"
     )
 
 
