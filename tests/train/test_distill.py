@@ -126,7 +126,7 @@ def test_a_teacher_with_another_vocabulary_is_refused_in_one_line(teacher, tmp_p
 def test_a_teacher_of_another_corpus_is_refused_in_one_line(teacher, tmp_path, shakespeare):
     with pytest.raises(ConfigError, match=r"trained on a synthetic task, but this run trains on token cache .*"
                        r"teacher and student need the same tokenizer and corpus"):
-        Trainer(student(teacher, "data=text", f"data.path={shakespeare}", "data.val_tokens=4096",
+        Trainer(student(teacher, "data=text", f"data.path={shakespeare}", "data.val_tokens=4096", "data.val_size=512",
                         "model.vocab_size=257"), tmp_path)
 
 
