@@ -19,6 +19,18 @@ def tokens_per_step(cfg: Config) -> int:
     return cfg.data.batch_size * cfg.data.seq_len * cfg.train.grad_accum
 
 
+def tokens_after(cfg: Config, steps: int) -> int:
+    """Training tokens in the first `steps` steps. A fixed synthetic training set (data.train_size) ends
+    each epoch with a short batch, so there the count is exact rather than steps x a full step."""
+    d = cfg.data
+    if not d.train_size:
+        return steps * tokens_per_step(cfg)
+    batches = steps * cfg.train.grad_accum
+    per_epoch = -(-d.train_size // d.batch_size)
+    epochs, rest = divmod(batches, per_epoch)
+    return (epochs * d.train_size + rest * d.batch_size) * d.seq_len
+
+
 # A null train.eval_every evaluates about ten times a run, and at least every this many steps.
 EVALS_PER_RUN = 10
 MAX_EVAL_EVERY = 100

@@ -47,7 +47,7 @@ from qkvlab.model import (
 from qkvlab.model.attention import aux_weight
 from qkvlab.model.flops import matmul_params, train_flops_per_token
 from qkvlab.track.metrics import MetricsWriter
-from qkvlab.train.budget import resolve_steps, tokens_per_step
+from qkvlab.train.budget import resolve_steps, tokens_after, tokens_per_step
 from qkvlab.train.checkpoint import check_shapes, mark_final, step_path, write_checkpoint
 from qkvlab.train.distill import RECORD, check_resume_without_teacher, make_distiller
 from qkvlab.train.device import autocast, compute_dtype, configure_device, pick_device, precision_choice
@@ -283,7 +283,7 @@ class Trainer:
             raise Preempted(stop.signum, st.step, self.last_checkpoint)
         st.eval_owed = False
         st.val = val
-        writer.log(st.step, st.step * self.tokens_per_step, val)
+        writer.log(st.step, tokens_after(self.cfg, st.step), val)
         if not st.best or val["val/loss"] < st.best["best/val/loss"]:
             st.best = {"best/val/loss": val["val/loss"], "best/val/ppl": val["val/ppl"], "best/step": st.step}
 
@@ -364,7 +364,7 @@ class Trainer:
                     "train/loss": mean_loss,
                     "train/ppl": math.exp(min(mean_ce, 700.0)) if st.window_finite else float("nan"),
                     "lr": lr_at(step, t.steps, cfg.optim),
-                    "throughput/tokens_per_s": st.window_steps * self.tokens_per_step / max(window_time, 1e-9),
+                    "throughput/tokens_per_s": (tokens_after(cfg, done) - tokens_after(cfg, done - st.window_steps)) / max(window_time, 1e-9),
                     "train/nonfinite_skipped": st.nonfinite_skipped,
                     **{
                         f"train/aux/{name}": float(summed) / st.window_finite if st.window_finite else float("nan")
@@ -375,7 +375,7 @@ class Trainer:
                         for name, summed in window_terms.items()
                     },
                 }
-                writer.log(done, done * self.tokens_per_step, st.last_train)
+                writer.log(done, tokens_after(cfg, done), st.last_train)
                 bar.set_postfix(
                     loss=f"{mean_loss:.4f}",
                     lr=f"{st.last_train['lr']:.2e}",
@@ -423,7 +423,7 @@ class Trainer:
             st.wall_time = wall_before + time.perf_counter() - segment_start
             self.save()
         mark_final(self.last_checkpoint)
-        tokens = t.steps * self.tokens_per_step
+        tokens = tokens_after(cfg, t.steps)
         return {
             **st.val,
             **st.best,

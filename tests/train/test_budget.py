@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -44,3 +45,13 @@ def test_run_records_its_compute_next_to_wall_time(tmp_path):
     assert s["compute/flops"] == s["compute/flops_per_token"] * s["tokens"]
     assert s["compute/flops_per_token"] > 6 * params  # the attention term is on top of 6N
     assert s["compute/tokens_per_param"] >= 0.02 and s["wall_time_s"] > 0
+
+
+def test_a_fixed_training_set_counts_the_short_last_batch_of_each_epoch(tmp_path):
+    """10 examples at batch 4: epochs of 4 + 4 + 2 rows, so 4 steps see 14 rows, not 16."""
+    cfg = make_config("data=sort", "data.seq_len=8", "data.batch_size=4", "data.train_size=10", "data.val_size=8",
+                      "train.steps=4", "train.eval_every=2", "train.log_every=2", "logger=none", "train.progress=false")
+    summary = run(cfg, tmp_path)
+    assert summary["tokens"] == 14 * 8
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["step"]: r["tokens"] for r in rows} == {2: 8 * 8, 4: 14 * 8}
