@@ -4,9 +4,9 @@
 # variant's "failure" is the variant and how much is optimisation. Model and recipe: experiment=study_digits.
 #
 #   scripts/reproduce_digits.sh            the full table: 6 variants x 5 tasks x 2 lengths x 3 seeds,
-#                                          x 2 initialisations = 360 runs (about 2 days on a 2-core CPU)
+#                                          x 2 initialisations = 360 runs (about 26 hours on a 2-core CPU)
 #   scripts/reproduce_digits.sh --quick    reverse at length 64, seed 0, mha / q_eq_k_eq_v / q_eq_k_eq_v_plus:
-#                                          6 runs (about 20 minutes on a 2-core CPU)
+#                                          6 runs (about 17 minutes on a 2-core CPU)
 #   scripts/reproduce_digits.sh [--quick] hydra/launcher=joblib ...   extra overrides go to every sweep
 #
 # Each initialisation is its own study (outputs/study_digits_pytorch, outputs/study_digits_gpt2); the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from qkvlab.analysis.duplicates import Duplicate, distinct
@@ -64,9 +65,28 @@ def headline_keys(keys: Sequence[str]) -> list[str]:
     return [f"{task}/{min(metrics, key=rank)}" for task, metrics in sorted(by_task.items())]
 
 
+# How a run started or was taught: another run's weights (init_from, convert.alpha) or a teacher. A row
+# is labelled with them, but compared with the baseline of the same remaining setting, so a converted
+# or distilled k_eq_v gets its Δ against the mha it is meant to replace.
+METHOD_KEYS = ("init_from", "convert", "distill")
+# Keys naming another run directory: shown by the directory's name (the hash already holds its identity).
+RUN_PATH_KEYS = ("init_from", "distill.teacher")
+
+
 def setting_text(setting: Sequence[tuple[str, Any]]) -> list[str]:
-    """`data.name=copy` reads as the override that chose it: `data=copy`."""
-    return [f"{k.removesuffix('.name')}={v}" for k, v in setting]
+    """`data.name=copy` reads as the override that chose it: `data=copy`; an unset method key says nothing."""
+    return [f"{k.removesuffix('.name')}={v}" for k, v in setting if not (v is None and under(k, METHOD_KEYS))]
+
+
+def grouping_config(r: Run) -> dict[str, Any]:
+    """The run's flat config as compare groups it: a teacher's knobs only where there is a teacher."""
+    flat = {k: v for k, v in r.flat_config.items() if _grouping(k)}
+    if not flat.get("distill.teacher"):
+        flat = {k: v for k, v in flat.items() if not under(k, ("distill",))}
+    for key in RUN_PATH_KEYS:
+        if flat.get(key):
+            flat[key] = Path(str(flat[key])).name
+    return flat
 
 
 def _sortable(value: Any) -> tuple:
@@ -130,8 +150,11 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
     `data.seq_len` stays when two runs of data=sort differ in it, but goes when
     it only differs because `data.name` does (copy vs mqar), which the label shows.
     """
-    keys = sorted({k for r in runs for k in r.flat_config if _grouping(k)})
-    differ = [k for k in keys if len({repr(r.flat_config.get(k)) for r in runs}) > 1]
+    configs = [grouping_config(r) for r in runs]
+    keys = sorted({k for c in configs for k in c})
+    # A teacher's knobs vary only between runs that have a teacher; whether there is one is distill.teacher.
+    knob = lambda k: under(k, ("distill",)) and k != "distill.teacher"  # noqa: E731
+    differ = [k for k in keys if len({repr(c.get(k)) for c in configs if not (knob(k) and k not in c)}) > 1]
     kept = []
     for key in differ:
         if key.startswith("variant."):
@@ -140,8 +163,8 @@ def varying_keys(runs: Sequence[Run]) -> list[str]:
         name_key = f"{section}.name"
         if key != name_key and name_key in differ:
             by_name: dict[str, set[str]] = defaultdict(set)
-            for r in runs:
-                by_name[repr(r.flat_config.get(name_key))].add(repr(r.flat_config.get(key)))
+            for c in configs:
+                by_name[repr(c.get(name_key))].add(repr(c.get(key)))
             if all(len(v) == 1 for v in by_name.values()):
                 continue
         kept.append(key)
@@ -152,7 +175,8 @@ def group_runs(runs: Sequence[Run], keys: Sequence[str]) -> list[Group]:
     groups: dict[tuple, Group] = {}
     for r in runs:
         variant = str(r.flat_config.get("variant.name", r.summary.get("variant", "?")))
-        setting = tuple((k, r.flat_config.get(k)) for k in keys)
+        config = grouping_config(r)
+        setting = tuple((k, config.get(k)) for k in keys)
         groups.setdefault((variant, setting), Group(variant, setting)).runs.append(r)
     for g in groups.values():
         g.runs.sort(key=lambda r: (r.flat_config.get("seed", 0), str(r.path)))
@@ -180,10 +204,22 @@ def pick_best(groups: list[Group], best_of: Sequence[str]) -> list[Group]:
     return list(best.values())
 
 
+def _without_method(setting: tuple[tuple[str, Any], ...]) -> tuple:
+    return tuple((k, v) for k, v in setting if not under(k, METHOD_KEYS))
+
+
 def attach_baselines(groups: list[Group], baseline: str, best_of: Sequence[str]) -> None:
-    by_setting = {_without(g.setting, best_of): g for g in groups if g.variant == baseline}
+    """The baseline of the same setting; failing that, the only one that differs from it in METHOD_KEYS alone."""
+    bases = [g for g in groups if g.variant == baseline]
+    by_setting = {_without(g.setting, best_of): g for g in bases}
+    loose: dict[tuple, list[Group]] = defaultdict(list)
+    for b in bases:
+        loose[_without_method(_without(b.setting, best_of))].append(b)
     for g in groups:
         b = by_setting.get(_without(g.setting, best_of))
+        if b is None:
+            near = loose.get(_without_method(_without(g.setting, best_of)), [])
+            b = near[0] if len(near) == 1 else None
         if b is None:
             continue
         g.baseline = b

@@ -105,7 +105,9 @@ def _distilled(s: dict[str, Any]) -> str:
     """The teacher a distilled run learned from, and its last training window's terms (val loss is plain CE)."""
     crc = s.get("distill/teacher_crc32")
     terms = "   ".join(f"train {k} {s[f'train/{k}']:.4f}" for k in ("ce", "kl") if s.get(f"train/{k}") is not None)
-    return (f"  distilled from {s['distill/teacher']} (run id {s.get('distill/teacher_run_id')}, "
+    # With distill.alpha=1 the teacher never runs (no KL is logged): the run is plain training.
+    verb = "distilled from" if s.get("train/kl") is not None else "teacher not run (distill.alpha=1: plain training):"
+    return (f"  {verb} {s['distill/teacher']} (run id {s.get('distill/teacher_run_id')}, "
             f"final checkpoint CRC32 {crc:08x})" + (f"   {terms}" if terms else ""))
 
 

@@ -23,6 +23,7 @@ def make_run(
     params: int = 1000,
     kv: int = 1024,
     acc: float = 0.5,
+    extra: dict | None = None,
 ) -> Path:
     run = root / name
     (run / ".hydra").mkdir(parents=True)
@@ -36,6 +37,7 @@ def make_run(
         "train": {"steps": 20, "progress": False},
         "logger": {"backend": "none", "project": f"p{seed}"},
     }
+    config.update(extra or {})
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     # As train logs them: training loss every 5 steps, validation at 10 and 20.
     rows = [{"step": s, "tokens": 100 * s, "train/loss": loss + 1.5 - 0.05 * s} for s in range(5, 25, 5)]

@@ -235,3 +235,26 @@ def test_compare_plot_of_a_100_step_sweep_has_curves(run_cli, tmp_path):
     assert set(curves) == {"Training loss (seed mean ± std)", "Validation loss (seed mean ± std)"}
     for panel in curves.values():
         assert list(panel) == ["k_eq_v (n=2)"] and min(panel.values()) > 1, panel
+
+
+def test_converted_and_distilled_runs_are_compared_with_mha_of_the_same_setting(tmp_path):
+    """Uptraining from a source run: the k_eq_v students get their Δ against the mha trained from the same
+    source, a teacher's default knobs do not label the rows that have no teacher, and paths read as names."""
+    from qkvlab.rundir import find_runs
+
+    src = "/elsewhere/outputs/kv_source/mha-text-s0-68c68c72"
+    plain = {"init_from": src, "convert": {"alpha": None}, "distill": {"teacher": None, "alpha": 0.5, "temperature": 2.0}}
+    make_run(tmp_path, "mha", variant="mha", loss=1.8, extra=plain)
+    for name, alpha, loss in (("kd", 0.5, 1.95), ("ce", 1.0, 2.01)):
+        make_run(tmp_path, name, variant="k_eq_v", loss=loss, extra={
+            "init_from": src, "convert": {"alpha": "fit"}, "distill": {"teacher": src, "alpha": alpha, "temperature": 2.0}})
+    c = compare(find_runs([tmp_path]))
+    labels = {g.label: g for g in c.groups}
+    assert sorted(labels) == [
+        "k_eq_v convert.alpha=fit distill.alpha=0.5 distill.teacher=mha-text-s0-68c68c72",
+        "k_eq_v convert.alpha=fit distill.alpha=1.0 distill.teacher=mha-text-s0-68c68c72",
+        "mha",
+    ]
+    kd = labels["k_eq_v convert.alpha=fit distill.alpha=0.5 distill.teacher=mha-text-s0-68c68c72"]
+    assert kd.baseline is labels["mha"]
+    assert kd.delta_ppl_pct == pytest.approx(100 * (math.exp(1.95) / math.exp(1.8) - 1))

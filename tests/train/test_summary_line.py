@@ -32,3 +32,17 @@ def test_a_distilled_run_names_its_teacher(capsys):
     print_summary(s, Path("run"))
     assert ("  distilled from /runs/mha-sort-s0-1a2b3c4d (run id ae1qazhq, final checkpoint CRC32 380e1226)"
             "   train ce 2.2500   train kl 0.0125\n") in capsys.readouterr().out
+
+
+def test_a_teacher_that_never_ran_is_not_called_distillation(capsys):
+    s = {
+        "variant": "k_eq_v", "data": "sort", "model": "tiny", "seed": 0, "step": 1, "tokens": 10, "wall_time_s": 1.0,
+        "val/loss": 1.0, "val/ppl": 2.7, "val/acc": 0.5, "params/total": 10, "params/attention": 4,
+        "kv_cache/bytes_per_token": 2048, "precision": "fp32", "kv_cache/reduction_vs_mha": 0.5,
+        "throughput/tokens_per_s": 100.0, "distill/teacher": "/runs/mha-sort-s0-1a2b3c4d",
+        "distill/teacher_run_id": "ae1qazhq", "distill/teacher_crc32": 940446246, "train/ce": 2.25,
+    }
+    print_summary(s, Path("run"))
+    out = capsys.readouterr().out
+    assert "distilled from" not in out
+    assert "  teacher not run (distill.alpha=1: plain training): /runs/mha-sort-s0-1a2b3c4d" in out
