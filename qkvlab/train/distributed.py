@@ -26,6 +26,7 @@ when it does not train.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping, Optional, TypeVar
@@ -144,7 +145,10 @@ class World:
         if not self.distributed:
             return None
         ids = [device.index] if device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(AuxForward(model), device_ids=ids, broadcast_buffers=False)
+        ddp = nn.parallel.DistributedDataParallel
+        # torch 2.13 renamed the switch (broadcast_buffers is deprecated there); an existing older build keeps the old name.
+        quiet = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
+        return ddp(AuxForward(model), device_ids=ids, **{quiet: False})
 
     def no_sync(self, ddp: Optional[nn.Module], last: bool):
         """Skip the gradient all-reduce on every micro-step but the last."""
