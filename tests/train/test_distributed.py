@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from qkvlab.checks import compose_config
+from qkvlab.config import CONF_DIR
 from qkvlab.errors import ConfigError
 from qkvlab.runlock import hold
 from qkvlab.train.distributed import World, check_parallel, resolve_parallel
@@ -120,3 +121,23 @@ def test_each_rank_draws_its_own_dropout_masks(tmp_path):
     assert torch.equal(states[0], states[2]) and not torch.equal(states[0], states[1])
     Trainer(cfg, tmp_path)
     assert torch.equal(torch.get_rng_state(), states[0])
+
+
+@pytest.fixture(scope="module")
+def process_group(tmp_path_factory):
+    """A one-process gloo group: DDP's bookkeeping without a second process."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path_factory.mktemp('pg') / 'store'}", rank=0, world_size=1)
+    yield World(parallel="ddp")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("variant", sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml")))
+def test_every_variant_uses_all_its_parameters_under_ddp(variant, process_group, tmp_path):
+    """DDP (without find_unused_parameters) fails at the second step when a parameter gets no gradient."""
+    cfg = compose_config([f"variant={variant}", "logger=none", "data.batch_size=4", "data.seq_len=16", "train.grad_accum=2"])
+    trainer = Trainer(cfg, tmp_path, process_group)
+    assert trainer.ddp is not None
+    for step in range(2):
+        trainer.train_step(step)
