@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -113,6 +114,10 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
                     from qkvlab.train.init_from import check_init_from
 
                     check_init_from(typed)
+                if typed.train.parallel != "auto" or "WORLD_SIZE" in os.environ:  # under torchrun, or asked for
+                    from qkvlab.train.distributed import check_parallel
+
+                    check_parallel(typed)
                 if typed.train.device in ("cuda", "mps"):  # torch is imported only for these
                     from qkvlab.train.device import check_device
 

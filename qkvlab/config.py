@@ -33,6 +33,8 @@ INITS = ("gpt2", "pytorch")
 MATCH_MODES = ("none", "mlp", "layers")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
+# auto: DDP when a launcher (torchrun) started more than one process, one process otherwise.
+PARALLELS = ("auto", "none", "ddp")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 NONFINITE_POLICIES = ("skip", "stop")
 RESUME_MODES = ("auto", "never")
@@ -184,6 +186,8 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
+    # auto: ddp under torchrun with more than one process, none otherwise (qkvlab/train/distributed.py).
+    parallel: str = "auto"
     progress: bool = True
     # auto: continue from the run directory's latest good checkpoint; never: start
     # fresh (old checkpoints removed); any other value: a checkpoint file to start from.
@@ -408,6 +412,7 @@ def validate(cfg: Config) -> None:
         )
     _choice(t.device, DEVICES, "train.device")
     _choice(t.precision, PRECISIONS, "train.precision")
+    _choice(t.parallel, PARALLELS, "train.parallel")
     _choice(lg.backend, LOGGER_BACKENDS, "logger.backend")
     _choice(lg.mode, WANDB_MODES, "logger.mode")
     for key in ("n_layers", "d_model", "n_heads", "d_ff", "context"):

@@ -18,7 +18,9 @@ class ConfigError(ValueError):
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    print(f"qkvlab: error: {message}", file=sys.stderr, flush=True)
+    """Under torchrun every rank meets the same bad input: rank 0 says it, once for the job."""
+    if os.environ.get("RANK", "0") in ("", "0"):
+        print(f"qkvlab: error: {message}", file=sys.stderr, flush=True)
     raise SystemExit(code)
 
 

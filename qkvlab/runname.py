@@ -32,7 +32,11 @@ from omegaconf import DictConfig, OmegaConf
 # Dotted keys (or their prefixes) left out of the hash: they change how a run
 # is watched, checkpointed or restarted, never what it computes.
 # The study's `name` only says where a run is filed: one config trained for two studies is one computation.
-NOT_HASHED = ("hydra", "logger", "name", "train.progress", "train.resume", "train.checkpoint_every", "train.keep_checkpoints")
+# train.parallel: one process and DDP over several compute the same steps, and a run resumes at another world size.
+NOT_HASHED = (
+    "hydra", "logger", "name", "train.progress", "train.resume", "train.checkpoint_every", "train.keep_checkpoints",
+    "train.parallel",
+)
 # Keys that name another run whose weights this run starts from. They are hashed as that run's identity
 # (its directory name and its final checkpoint's CRC32), not as a path: a copy of the source is the same
 # computation, and a path that later holds other weights is another one (a resumed run is then refused).

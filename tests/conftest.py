@@ -72,3 +72,23 @@ def run_cli(tmp_path):
         )
 
     return _run
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def torchrun(tmp_path):
+    """Run `torchrun --nproc_per_node=N ARGS...` (python -m torch.distributed.run) with cwd=tmp_path."""
+
+    def _run(args: list[str], nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}", *args]
+        env = {**qkvlab_env(tmp_path), "OMP_NUM_THREADS": "1"}
+        return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+    return _run

@@ -37,6 +37,8 @@ def test_result_changing_keys_change_it_watching_keys_do_not(job_id):
     assert job_id("variant=mha", "train.steps=301") != base
     assert job_id("variant=mha", "logger=none") == base
     assert job_id("variant=mha", "train.progress=false") == base
+    # One process and DDP compute the same steps: a run resumes in its directory at another world size.
+    assert job_id("variant=mha", "train.parallel=ddp") == job_id("variant=mha", "train.parallel=none") == base
 
 
 def test_presets_put_runs_under_their_experiment(tmp_path):

@@ -19,6 +19,11 @@ Exit codes of `qkvlab train` (a single run):
        printed command resumes the run
 In a sweep (-m) a failing job does not stop the others; the sweep ends with a
 table of the jobs that did not complete and exits 1 if there were any.
+
+Under torchrun (train.parallel=auto|ddp) every rank runs this job. Rank 0
+takes the lock and makes every decision above; the other ranks wait for its
+go (qkvlab/train/distributed.py Gate), train in step with it, and stop with
+its exit code without repeating its messages.
 """
 
 from __future__ import annotations
@@ -79,17 +84,56 @@ class JobResult(dict):
 
 
 def train_job(cfg: DictConfig) -> JobResult | None:
+    from qkvlab.train.distributed import Gate, session  # torch loads here, not for --help/--cfg
+
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    with session(cfg.train.parallel, cfg.train.device) as world:
+        if not world.is_main:
+            return follow_job(cfg, run_dir, multirun, world)
+        with Gate(world) as gate:
+            try:
+                lock = hold(run_dir)
+            except RunDirBusy as exc:
+                return job_refused(run_dir, multirun, "busy", str(exc))
+            with lock:
+                return _train_job(cfg, run_dir, multirun, world, gate)
+
+
+def follow_job(cfg: DictConfig, run_dir: Path, multirun: bool, world) -> None:
+    """A rank other than 0: wait for rank 0's go, train, and leave with the code rank 0 leaves with.
+    Rank 0 prints what went wrong; this rank speaks only of a failure of its own."""
+    from qkvlab.train.distributed import GO, PeerFailed
+    from qkvlab.train.loop import Diverged
+    from qkvlab.train.run import run
+
+    code = world.wait_for_go()
+    if code != GO:
+        if code and not multirun:
+            raise SystemExit(code)
+        return None
     try:
-        lock = hold(run_dir)
-    except RunDirBusy as exc:
-        return job_refused(run_dir, multirun, "busy", str(exc))
-    with lock:
-        return _train_job(cfg, run_dir, multirun)
+        run(checked(cfg), run_dir, world=world)
+        return None
+    except Preempted as exc:
+        code = exit_code(exc.signum)
+    except KeyboardInterrupt:
+        code = 130
+    except PeerFailed:
+        code = EXIT_FAILED
+    except (ConfigError, Diverged) as exc:  # every rank meets these alike; rank 0 reports them
+        code = classify(exc, run_dir)[0]
+    except Exception as exc:
+        if full_errors():
+            raise
+        code, line = classify(exc, run_dir)
+        print(f"qkvlab: error: rank {world.rank}: {line}", file=sys.stderr, flush=True)
+    if multirun:
+        return None
+    raise SystemExit(code)
 
 
-def _train_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> JobResult | None:
+def _train_job(cfg: DictConfig, run_dir: Path, multirun: bool, world, gate) -> JobResult | None:
     """The job, once this process holds the run directory."""
     from qkvlab.train.resume import read_run_file
     from qkvlab.train.run import run  # torch loads here, not for --help/--cfg
@@ -121,8 +165,9 @@ def _train_job(cfg: DictConfig, run_dir: Path, multirun: bool) -> JobResult | No
         if full_errors():
             raise
         return job_failed(run_dir, multirun, EXIT_BAD_INPUT, describe_error(exc))
+    gate.open()
     try:
-        return JobResult(run(typed, run_dir, identity, list(HydraConfig.get().overrides.task), multirun))
+        return JobResult(run(typed, run_dir, identity, list(HydraConfig.get().overrides.task), multirun, world))
     except Preempted as exc:
         name = signal.Signals(exc.signum).name
         print(

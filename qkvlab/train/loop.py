@@ -51,6 +51,7 @@ from qkvlab.train.budget import resolve_steps, tokens_after, tokens_per_step
 from qkvlab.train.checkpoint import check_shapes, mark_final, step_path, write_checkpoint
 from qkvlab.train.distill import RECORD, check_resume_without_teacher, make_distiller
 from qkvlab.train.device import autocast, compute_dtype, configure_device, pick_device, precision_choice
+from qkvlab.train.distributed import SINGLE, World
 from qkvlab.train.evaluate import evaluate
 from qkvlab.train.init_from import start_weights
 from qkvlab.train.optim import lr_at, make_optimizer
@@ -146,10 +147,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, run_dir: Path):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+    """`world`: this process's rank in a DDP job (qkvlab/train/distributed.py); every rank trains on
+    its slice of each global batch, and only rank 0 writes checkpoints, metrics and the progress bar."""
+
+    def __init__(self, cfg: Config, run_dir: Path, world: World = SINGLE):
+        self.cfg, self.run_dir, self.world = cfg, Path(run_dir), world
         seed_everything(cfg.seed)
-        self.device = pick_device(cfg.train.device)
+        self.device = world.device(pick_device(cfg.train.device))
         configure_device(self.device)
         self.precision, self.precision_reason = precision_choice(cfg.train.precision, self.device)
         self.amp = autocast(self.device, self.precision)
@@ -162,7 +166,9 @@ class Trainer:
         self.distiller = make_distiller(cfg, self.data, vocab, self.device, self.amp)
         self.optimizer = make_optimizer(self.model, cfg.optim, self.device)
         self.skip_on_device = bool(self.optimizer.defaults.get("fused"))
-        self.step_fn = torch.compile(self.model.forward_with_aux) if cfg.train.compile else self.model.forward_with_aux
+        self.ddp = world.wrap(self.model, self.device)
+        forward = self.ddp if self.ddp is not None else self.model.forward_with_aux
+        self.step_fn = torch.compile(forward) if cfg.train.compile else forward
         self.aux_weight = aux_weight(cfg)
         # The last step's auxiliary losses (means over its micro-batches), device tensors by name.
         self.last_aux: dict[str, torch.Tensor] = {}
@@ -173,7 +179,7 @@ class Trainer:
             precision=self.precision,
             vocab_size=vocab,
             precision_reason=self.precision_reason,
-            stats={**model_stats(cfg, self.model, self.spec, self.precision), **started_from},
+            stats={**model_stats(cfg, self.model, self.spec, self.precision), **started_from, **parallel_stats(cfg, world)},
         )
         if self.distiller is not None:
             self.info.stats.update(self.distiller.record)
@@ -184,6 +190,15 @@ class Trainer:
         # weights that overflowed in the update before it save fine and only fail the next step.
         self.good_checkpoint: Path | None = None
         self._unconfirmed: Path | None = None
+        self._own_stream()
+
+    def _own_stream(self) -> None:
+        """Ranks other than 0 draw dropout masks from a stream of their own, derived from (seed, rank, step):
+        on one stream every rank would drop the same positions of its slice. (Rank 0's stream is the one
+        a checkpoint keeps, so with dropout a run at another world size matches only in distribution.)"""
+        if self.world.rank:
+            seed = np.random.SeedSequence([self.cfg.seed, self.world.rank, self.state.step]).generate_state(1)[0]
+            torch.manual_seed(int(seed))
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -209,13 +224,17 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         set_rng_state(payload["rng"])
         self.state = LoopState(**payload["loop"])
+        self._own_stream()
         self.last_checkpoint = self._unconfirmed = path
 
     def save(self) -> Path:
-        self.last_checkpoint = self._unconfirmed = write_checkpoint(
-            self.run_dir, self.state.step, self.state_dict(), self.cfg.train.keep_checkpoints
-        )
-        return self.last_checkpoint
+        """Rank 0 writes the checkpoint (the unwrapped model's weights: one file at any world size)."""
+        if self.world.is_main:
+            path = write_checkpoint(self.run_dir, self.state.step, self.state_dict(), self.cfg.train.keep_checkpoints)
+        else:
+            path = step_path(self.run_dir, self.state.step)
+        self.last_checkpoint = self._unconfirmed = path
+        return path
 
     def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step: (mean loss, finite) as device tensors; no update when not finite."""
@@ -223,7 +242,7 @@ class Trainer:
         lr = lr_at(step, cfg.train.steps, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        return self.update(self.data.train_batch(step, micro) for micro in range(cfg.train.grad_accum))
+        return self.update(self.world.shard(self.data.train_batch(step, micro)) for micro in range(cfg.train.grad_accum))
 
     def update(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step over grad_accum micro-batches: the bare model step bench times."""
@@ -231,23 +250,24 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         aux_total: dict[str, torch.Tensor] = {}
         terms_total: dict[str, torch.Tensor] = {}
-        for x, y in batches:
+        for micro, (x, y) in enumerate(batches):
             if self.device.type == "cuda" and x.device.type == "cpu":
                 # Pinned host memory makes the copy asynchronous: the host runs ahead of the GPU.
                 x, y = x.pin_memory(), y.pin_memory()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.amp:
-                logits, aux = self.step_fn(x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-            if self.distiller is not None:
-                loss, terms = self.distiller.objective(x, y, logits, loss)
-                for name, value in terms.items():
-                    terms_total[name] = terms_total.get(name, 0.0) + value
-            objective = loss
-            for name, value in aux.items():
-                objective = objective + self.aux_weight * value.float()
-                aux_total[name] = aux_total.get(name, 0.0) + value.detach().float()
-            (objective / cfg.train.grad_accum).backward()
+            with self.world.no_sync(self.ddp, last=micro == cfg.train.grad_accum - 1):
+                with self.amp:
+                    logits, aux = self.step_fn(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+                if self.distiller is not None:
+                    loss, terms = self.distiller.objective(x, y, logits, loss)
+                    for name, value in terms.items():
+                        terms_total[name] = terms_total.get(name, 0.0) + value
+                objective = loss
+                for name, value in aux.items():
+                    objective = objective + self.aux_weight * value.float()
+                    aux_total[name] = aux_total.get(name, 0.0) + value.detach().float()
+                (objective / cfg.train.grad_accum).backward()
             total += loss.detach()
         params = [p for p in self.model.parameters() if p.grad is not None]
         if cfg.optim.grad_clip > 0:
@@ -271,7 +291,7 @@ class Trainer:
     def validate(self, stop: StopRequest | None = None) -> dict[str, float] | None:
         """Validation metrics, or None when a stop request cut the pass short."""
         asked = (lambda: stop.requested) if stop is not None else None
-        return evaluate(self.model, self.data.val_batches(), self.device, self.amp, self.data.exact_match, asked)
+        return evaluate(self.model, self.data.val_batches(), self.device, self.amp, self.data.exact_match, asked, self.world)
 
     def _evaluate_step(self, writer: MetricsWriter, stop: StopRequest | None) -> None:
         """Evaluate at the current step and log it; a stop request mid-pass checkpoints and ends the run."""
@@ -321,6 +341,17 @@ class Trainer:
                 self._nonfinite(done)
         pending.clear()
 
+    def _mean_over_ranks(self, loss: torch.Tensor, aux: dict[str, torch.Tensor], terms: dict[str, torch.Tensor]):
+        """The window sums averaged over the ranks: idempotent, so a later window adds to it on every rank alike."""
+        if not self.world.distributed:
+            return loss, aux, terms
+        names = [("aux", n) for n in aux] + [("terms", n) for n in terms]
+        values = self.world.mean([loss, *aux.values(), *terms.values()])
+        out = {"aux": {}, "terms": {}}
+        for (group, name), value in zip(names, values[1:]):
+            out[group][name] = value
+        return values[0], out["aux"], out["terms"]
+
     def fit(self, writer: MetricsWriter, stop: StopRequest | None = None) -> dict[str, Any]:
         cfg, t, st = self.cfg, self.cfg.train, self.state
         segment_start = time.perf_counter()
@@ -329,7 +360,7 @@ class Trainer:
         window_aux = {name: torch.tensor(v, device=self.device) for name, v in st.window_aux.items()}
         window_terms = {name: torch.tensor(v, device=self.device) for name, v in st.window_terms.items()}
         window_time = 0.0
-        bar = progress_bar(total=t.steps, initial=st.step, desc=f"{cfg.variant.name}", enabled=t.progress)
+        bar = progress_bar(total=t.steps, initial=st.step, desc=f"{cfg.variant.name}", enabled=t.progress and self.world.is_main)
         tick = time.perf_counter()
         self.model.train()
         pending: list[tuple[int, torch.Tensor]] = []
@@ -354,6 +385,9 @@ class Trainer:
             save_now = done % t.checkpoint_every == 0 or done == t.steps or preempted
             if not self.skip_on_device or log_now or eval_now or save_now:
                 self.settle(pending)
+            if log_now or eval_now or save_now:
+                # Each rank's window holds its own slices' losses: logged and checkpointed, they are the ranks' mean.
+                window_loss, window_aux, window_terms = self._mean_over_ranks(window_loss, window_aux, window_terms)
             if log_now:
                 mean_loss = float(window_loss) / st.window_finite if st.window_finite else float("nan")
                 # Perplexity is of the cross-entropy: a distillation loss has no perplexity.
@@ -422,7 +456,8 @@ class Trainer:
         if self.last_checkpoint is None or step_path(self.run_dir, t.steps) != self.last_checkpoint:
             st.wall_time = wall_before + time.perf_counter() - segment_start
             self.save()
-        mark_final(self.last_checkpoint)
+        if self.world.is_main:
+            mark_final(self.last_checkpoint)
         tokens = tokens_after(cfg, t.steps)
         return {
             **st.val,
@@ -437,6 +472,11 @@ class Trainer:
             "throughput/tokens_per_s": tokens / max(st.train_time, 1e-9),
             "wall_time_s": wall_before + time.perf_counter() - segment_start,
         }
+
+
+def parallel_stats(cfg: Config, world: World) -> dict[str, Any]:
+    """How the job ran: the summary says it, since throughput and memory depend on it."""
+    return {"parallel": world.parallel, "world_size": world.size, "batch_per_device": cfg.data.batch_size // world.size}
 
 
 def base_summary(cfg: Config, info: RunInfo | None) -> dict[str, Any]:

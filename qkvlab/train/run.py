@@ -3,6 +3,11 @@
 Whatever happens, the run directory ends with a summary.json whose `status`
 says how the run ended (completed, interrupted: resumable, failed: with the
 error line), and its W&B run is finished.
+
+In a DDP job (qkvlab/train/distributed.py) every rank trains, and rank 0
+alone writes: run.json, summary.json, metrics.jsonl, checkpoints and W&B. It
+also picks the checkpoint to resume from (and rewinds the directory to it);
+the other ranks load that same file.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from qkvlab.track.metrics import MetricsWriter
 from qkvlab.track.wandb_sink import WandbSink, resolve_mode
 from qkvlab.train.loop import RunInfo, Trainer, base_summary, config_record
 from qkvlab.runname import wandb_labels
+from qkvlab.train.checkpoint import read_checkpoint
+from qkvlab.train.distributed import SINGLE, World
 from qkvlab.train.resume import new_run_id, read_run_file, restore, write_run_file
 from qkvlab.train.signals import Preempted, StopRequest
 
@@ -54,8 +61,22 @@ def status_of(exc: BaseException) -> str:
     return "interrupted" if isinstance(exc, (KeyboardInterrupt, Preempted)) else "failed"
 
 
+class NoWriter:
+    """What ranks other than 0 log to: nothing."""
+
+    def log(self, step: int, tokens: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def summary(self, summary: dict[str, Any]) -> None:
+        pass
+
+    def close(self, failed: bool = False) -> None:
+        pass
+
+
 def run(
-    cfg: Config, run_dir: Path, identity: dict[str, Any] | None = None, overrides: Sequence[str] = (), in_sweep: bool = False
+    cfg: Config, run_dir: Path, identity: dict[str, Any] | None = None, overrides: Sequence[str] = (), in_sweep: bool = False,
+    world: World = SINGLE,
 ) -> dict[str, Any]:
     """Train (or continue training) in `run_dir`; SIGTERM/SIGINT end it at a step boundary with `Preempted`.
 
@@ -63,6 +84,8 @@ def run(
     says `running`, before restore() removes or rewinds anything: a run killed
     after that never leaves a directory that claims a result it no longer holds."""
     run_dir = Path(run_dir)
+    if not world.is_main:
+        return follow(cfg, run_dir, world)
     trainer: Trainer | None = None
     writer: MetricsWriter | None = None
     meta = read_run_file(run_dir)  # before anything is written: a directory from another version stays as it is
@@ -73,8 +96,8 @@ def run(
     write_json_atomic(run_dir / "summary.json", {**base_summary(cfg, None), "status": "running"})
     try:
         with StopRequest() as stop:
-            trainer = Trainer(cfg, run_dir)
-            restore(trainer, run_dir)
+            trainer = Trainer(cfg, run_dir, world)
+            world.from_main(lambda: restore(trainer, run_dir))
             writer = MetricsWriter(run_dir, make_sinks(cfg, run_dir, trainer.info, meta["wandb_id"], overrides, in_sweep))
             result = trainer.fit(writer, stop)
         summary = {**base_summary(cfg, trainer.info), **result, "status": "completed"}
@@ -90,6 +113,18 @@ def run(
         writer.summary(summary)
         writer.close(failed=True)
         raise
+
+
+def follow(cfg: Config, run_dir: Path, world: World) -> dict[str, Any]:
+    """A rank other than 0: train in step with rank 0, from the checkpoint it chose, writing nothing.
+
+    It does not catch SIGTERM: stopping every rank at one step boundary is not built yet, and a rank
+    that waited for a step boundary rank 0 never reaches would hang instead of ending."""
+    trainer = Trainer(cfg, run_dir, world)
+    chosen = world.from_main(lambda: None)
+    if chosen is not None:
+        trainer.load_state_dict(read_checkpoint(chosen), chosen)
+    return trainer.fit(NoWriter())
 
 
 def _fmt_int(n: int) -> str:
@@ -120,6 +155,8 @@ def print_summary(s: dict[str, Any], run_dir: Path) -> None:
         f"KV cache {_fmt_int(s['kv_cache/bytes_per_token'])} B/token ({s['precision']}, "
         f"{_vs_mha(s['kv_cache/reduction_vs_mha'])})   {_fmt_int(round(s['throughput/tokens_per_s']))} tokens/s",
         *([f"  {s['precision_reason']}"] if s.get("precision_reason") else []),
+        *([f"  parallel={s['parallel']} over {s['world_size']} processes: global batch "
+           f"{s['world_size'] * s['batch_per_device']}, {s['batch_per_device']} rows per process"] if s.get("world_size", 1) > 1 else []),
         *([_distilled(s)] if s.get("distill/teacher") else []),
         *([f"  started from {s['init_from/path']} ({s['init_from/variant']}"
            + (f", convert.alpha={s['convert/alpha']})" if "convert/alpha" in s else ")")] if "init_from/path" in s else []),

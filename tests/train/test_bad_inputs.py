@@ -16,10 +16,13 @@ from qkvlab.cli import main
         ("train.resume=nowhere/step_00000010.pt", "train.resume='nowhere/step_00000010.pt' is not a checkpoint file"),
         ("train.keep_checkpoints=0", "train.keep_checkpoints=0 is out of range"),
         ("train.on_nonfinite=ignore", "train.on_nonfinite='ignore' is not valid; choose one of: skip, stop"),
+        ("train.parallel=fsdp", "train.parallel='fsdp' is not valid; choose one of: auto, none, ddp"),
+        ("train.parallel=ddp", "train.parallel=ddp needs torchrun, which sets WORLD_SIZE (it is not set)"),
     ],
 )
 def test_checked_before_any_job_starts(tmp_path, monkeypatch, capsys, override, expected, kit):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(SystemExit) as exit_:
         main(["train", *kit.TINY, override])
     assert exit_.value.code == 2

@@ -1,0 +1,143 @@
+"""DDP under torchrun (qkvlab/train/distributed.py): real processes, gloo, the tiny model.
+
+Several processes must train exactly what one process trains with the same global batch, all-reduce
+gradients once per optimizer step, leave every file to rank 0, and write checkpoints that resume at
+another world size."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from qkvlab.checks import compose_config
+from qkvlab.config import CONF_DIR
+from qkvlab.errors import ConfigError
+from qkvlab.runlock import hold
+from qkvlab.train.distributed import World, check_parallel, resolve_parallel
+from qkvlab.train.loop import Trainer
+from qkvlab.train.run import run
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+# Metrics that must agree between world sizes; the rest measure the machine.
+COMPARED = ("train/loss", "train/ppl", "val/loss", "val/acc", "val/exact_match")
+
+
+def assert_same_rows(got: list[dict], want: list[dict]) -> None:
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for a, b in zip(got, want):
+        keys = [k for k in COMPARED if k in b]
+        assert keys and all(k in a for k in keys), (a, b)
+        for k in keys:
+            assert math.isclose(a[k], b[k], rel_tol=1e-4, abs_tol=1e-6), (a["step"], k, a[k], b[k])
+
+
+def test_batch_size_and_launcher_are_checked_in_one_line():
+    cfg = compose_config(["data.batch_size=6"])
+    with pytest.raises(ConfigError, match=r"^data.batch_size=6 is the global batch, split over the 4 processes \(WORLD_SIZE=4\)"):
+        check_parallel(cfg, {"WORLD_SIZE": "4"})
+    with pytest.raises(ConfigError, match="^train.parallel=none under a launcher with WORLD_SIZE=2"):
+        check_parallel(compose_config(["train.parallel=none"]), {"WORLD_SIZE": "2"})
+    with pytest.raises(ConfigError, match="leaves a last batch of 3 rows each epoch"):
+        check_parallel(compose_config(["data.train_size=35", "data.batch_size=8"]), {"WORLD_SIZE": "2"})
+    check_parallel(cfg, {"WORLD_SIZE": "2"})
+    assert [resolve_parallel("auto", env) for env in ({}, {"WORLD_SIZE": "1"}, {"WORLD_SIZE": "2"})] == ["none", "none", "ddp"]
+
+
+def test_ranks_split_each_global_batch_into_disjoint_slices():
+    x, y = torch.arange(24).view(8, 3), -torch.arange(24).view(8, 3)
+    parts = [World(rank=r, size=4, parallel="ddp").shard((x, y)) for r in range(4)]
+    assert torch.equal(torch.cat([p[0] for p in parts]), x) and torch.equal(torch.cat([p[1] for p in parts]), y)
+    assert World().shard((x, y))[0] is x
+
+
+@pytest.mark.slow
+def test_two_processes_train_what_one_does_with_one_all_reduce_per_step_and_rank_0_writing(tmp_path, torchrun, kit):
+    """mha and k_eq_v with gradient accumulation: the same losses as one process with the same global
+    batch, one gradient all-reduce per optimizer step (no_sync on the first micro-step), and a rank
+    given its own run directory writes nothing there."""
+    overrides = [*kit.TINY, "train.steps=6", "train.grad_accum=2", "train.log_every=2", "train.eval_every=3", "train.checkpoint_every=3"]
+    res = torchrun([str(WORKER), str(tmp_path / "ddp"), "mha,k_eq_v", *overrides])
+    assert res.returncode == 0, res.stderr[-3000:]
+    for variant in ("mha", "k_eq_v"):
+        one = tmp_path / "one" / variant
+        run(compose_config([f"variant={variant}", *overrides]), one)
+        two = tmp_path / "ddp" / variant / "rank0"
+        assert_same_rows(kit.metrics(two), kit.metrics(one))
+        assert not (tmp_path / "ddp" / variant / "rank1").exists()
+        assert sorted(p.name for p in (two / "checkpoints").iterdir()) == sorted(p.name for p in (one / "checkpoints").iterdir())
+        for rank in (0, 1):
+            counted = json.loads((tmp_path / "ddp" / f"{variant}-rank{rank}.json").read_text())
+            assert counted["all_reduces"] == counted["steps"] == 6, counted
+        s = kit.summary(two)
+        assert (s["parallel"], s["world_size"], s["batch_per_device"]) == ("ddp", 2, 4)
+        assert kit.summary(one)["world_size"] == 1
+
+
+@pytest.mark.slow
+def test_a_torchrun_run_writes_once_and_resumes_with_one_process(tmp_path, torchrun, run_cli, kit):
+    """`torchrun -m qkvlab train`: one summary, one row per step; its step-10 checkpoint resumed by one
+    process ends where the uninterrupted two-process run ended."""
+    args = [*kit.TINY, "train.steps=20", "train.checkpoint_every=10"]
+    res = torchrun(["-m", "qkvlab", "train", *args, "hydra.run.dir=two"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("finished 20 steps") == 1
+    assert "parallel=ddp over 2 processes: global batch 8, 4 rows per process" in res.stdout
+    two = tmp_path / "two"
+    rows = kit.metrics(two)
+    assert len(rows) == len({(r["step"], "train/loss" in r) for r in rows})
+    assert sorted(p.name for p in two.iterdir()) == [".hydra", ".lock", "checkpoints", "metrics.jsonl", "run.json", "summary.json"]
+
+    checkpoint = two / "checkpoints" / "step_00000010.pt"
+    res = run_cli("train", *args, f"train.resume={checkpoint}", "hydra.run.dir=one", env_extra=kit.ENV)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert_same_rows(kit.metrics(tmp_path / "one"), rows)
+    assert kit.summary(tmp_path / "one")["world_size"] == 1
+    assert math.isclose(kit.summary(tmp_path / "one")["val/loss"], kit.summary(two)["val/loss"], rel_tol=1e-4)
+
+
+@pytest.mark.slow
+def test_the_run_directory_lock_holds_for_every_rank(tmp_path, torchrun, kit):
+    """Rank 0 takes the lock; when another process holds it, no rank trains and the job says so once."""
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with hold(busy):
+        res = torchrun(["-m", "qkvlab", "train", *kit.TINY, "train.steps=5", "hydra.run.dir=busy"], timeout=60)
+    assert res.returncode != 0
+    assert res.stderr.count("qkvlab: error: run directory") == 1 and "is in use by pid" in res.stderr
+    assert sorted(p.name for p in busy.iterdir()) == [".lock"]
+
+
+def test_each_rank_draws_its_own_dropout_masks(tmp_path):
+    """With one stream, every rank would drop the same positions of its slice; rank 0 keeps the one-process stream."""
+    cfg = compose_config(["model.dropout=0.1", "logger=none"])
+    states = []
+    for rank in (0, 1, 0):
+        Trainer(cfg, tmp_path, World(rank=rank, size=2))
+        states.append(torch.get_rng_state())
+    assert torch.equal(states[0], states[2]) and not torch.equal(states[0], states[1])
+    Trainer(cfg, tmp_path)
+    assert torch.equal(torch.get_rng_state(), states[0])
+
+
+@pytest.fixture(scope="module")
+def process_group(tmp_path_factory):
+    """A one-process gloo group: DDP's bookkeeping without a second process."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path_factory.mktemp('pg') / 'store'}", rank=0, world_size=1)
+    yield World(parallel="ddp")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("variant", sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml")))
+def test_every_variant_uses_all_its_parameters_under_ddp(variant, process_group, tmp_path):
+    """DDP (without find_unused_parameters) fails at the second step when a parameter gets no gradient."""
+    cfg = compose_config([f"variant={variant}", "logger=none", "data.batch_size=4", "data.seq_len=16", "train.grad_accum=2"])
+    trainer = Trainer(cfg, tmp_path, process_group)
+    assert trainer.ddp is not None
+    for step in range(2):
+        trainer.train_step(step)
