@@ -241,15 +241,22 @@ def check_resumable(payload: dict[str, Any], cfg: Config, path: Path) -> None:
         )
 
 
-def check_shapes(saved: dict[str, torch.Tensor], model: torch.nn.Module, path: Path) -> None:
+def shape_diffs(saved: dict[str, torch.Tensor], model: torch.nn.Module) -> str | None:
+    """The parameters whose shapes differ between saved weights and `model`, as a short list, or None."""
     current = model.state_dict()
     diffs = [
         f"{k} ({tuple(saved[k].shape) if k in saved else 'absent'} -> {tuple(current[k].shape) if k in current else 'absent'})"
         for k in sorted(set(saved) | set(current))
         if k not in saved or k not in current or saved[k].shape != current[k].shape
     ]
-    if diffs:
-        shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+    if not diffs:
+        return None
+    return ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+
+
+def check_shapes(saved: dict[str, torch.Tensor], model: torch.nn.Module, path: Path) -> None:
+    shown = shape_diffs(saved, model)
+    if shown:
         raise CheckpointError(
             f"cannot resume from {path}: tensor shapes differ: {shown}; use the model config it was trained with"
         )

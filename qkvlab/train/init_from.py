@@ -25,6 +25,7 @@ from qkvlab.errors import ConfigError
 from qkvlab.model import Transformer, build_model
 from qkvlab.model.convert import converted_state, fit_value_maps
 from qkvlab.runname import source_identity
+from qkvlab.train.checkpoint import shape_diffs
 from qkvlab.train.from_run import FINAL_CHECKPOINT, FinishedRun, read_finished_run
 
 # Model keys that may differ between a source run and a run started from it.
@@ -116,14 +117,8 @@ def check_init_from(cfg: Config) -> None:
 
 
 def check_fits(state: dict[str, torch.Tensor], model: torch.nn.Module, where: str) -> None:
-    current = model.state_dict()
-    diffs = [
-        f"{k} ({tuple(state[k].shape) if k in state else 'absent'} -> {tuple(current[k].shape) if k in current else 'absent'})"
-        for k in sorted(set(state) | set(current))
-        if k not in state or k not in current or state[k].shape != current[k].shape
-    ]
-    if diffs:
-        shown = ", ".join(diffs[:4]) + (f" and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+    shown = shape_diffs(state, model)
+    if shown:
         raise ConfigError(f"init_from={where}: parameters differ in shape: {shown}; give the source's model and variant shape")
 
 
