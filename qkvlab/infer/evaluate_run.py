@@ -95,12 +95,25 @@ def evaluate_run(run_dir: Path | str, overrides: Sequence[str] = (), contexts: S
     return update_eval_file(trained.run, report)
 
 
+# Sections that collect entries (a benchmark, a held-out file) from separate `qkvlab eval` calls.
+COLLECTED = ("tasks", "heldout")
+
+
 def update_eval_file(run: Run, sections: dict[str, Any]) -> dict[str, Any]:
-    """eval.json with `sections` replaced and the rest kept: perplexity and benchmark results are
-    written by separate `qkvlab eval` calls and neither may erase the other."""
-    report = {**run.evaluation, **sections}
-    write_json_atomic(run.path / EVAL_FILE, report)
-    run.__dict__.pop("evaluation", None)
+    """eval.json with `sections` written and the rest kept (the entries of a COLLECTED section merged):
+    perplexity, benchmarks and held-out files are written by separate `qkvlab eval` calls, perhaps at
+    once, and none may erase another's. The file is re-read under a lock, then replaced atomically."""
+    from filelock import FileLock
+
+    path = run.path / EVAL_FILE
+    with FileLock(str(path) + ".lock"):
+        run.__dict__.pop("evaluation", None)
+        report = dict(run.evaluation)
+        for key, value in sections.items():
+            old = report.get(key)
+            report[key] = {**old, **value} if key in COLLECTED and isinstance(old, dict) else value
+        write_json_atomic(path, report)
+        run.__dict__.pop("evaluation", None)
     return report
 
 

@@ -65,7 +65,5 @@ def evaluate_heldout(run_dir: str, overrides: Sequence[str], contexts: Sequence[
         raise ConfigError(f"--data.path: data.task={trained.cfg.data.task} has no tokenizer; held-out text needs a run trained on text")
     report = score_heldout(trained, path, eval_contexts(trained.cfg, contexts), tokenizer)
     key = str(Path(path).expanduser().resolve())
-    heldout = trained.run.evaluation.get("heldout")
-    update_eval_file(trained.run, {"heldout": {**(heldout if isinstance(heldout, dict) else {}),
-                                               key: {**report, "checkpoint_step": trained.step}}})
+    update_eval_file(trained.run, {"heldout": {key: {**report, "checkpoint_step": trained.step}}})
     return format_heldout(trained, path, report)

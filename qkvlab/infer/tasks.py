@@ -123,8 +123,7 @@ def run_tasks(
         verbosity="ERROR",
     )
     results = {name: {**metrics_of(out["results"].get(name, {})), **settings(trained, num_fewshot, limit)} for name in names}
-    tasks = {**trained.run.evaluation.get("tasks", {}), **results}
-    update_eval_file(trained.run, {"tasks": tasks})
+    update_eval_file(trained.run, {"tasks": results})
     return results
 
 
