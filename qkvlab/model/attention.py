@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qkvlab.model import kv_decode
 from qkvlab.model.plus import PlusScores, check_plus
 from qkvlab.model.probe import ScoreProbe, dot_scores, emit, fp32, wants_probe
 
@@ -348,6 +349,42 @@ class SharedQKVAttention(nn.Module):
         y = self.attend(x, q, k, v, start_pos, False, shared)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
+    def _fused_decode(self, cache: "LayerKVCache") -> bool:
+        """Whether one-token decoding of this layer's one-tensor cache runs a fused kernel (kv_decode.py).
+        Fixed per cache, since it also fixes the cache's layout: a layer whose K/V later layers reuse, or
+        a family that changes the scores or their mixing, keeps the PyTorch path."""
+        if self.feeds or self.plus is not None or not cache.buffers:
+            return False
+        cls = type(self)
+        if cls.attend is not SharedQKVAttention.attend or cls.score_space is not SharedQKVAttention.score_space:
+            return False
+        s = self.spec
+        return kv_decode.kernel_for(cache.buffers[0].device, cache.dtype, s.n_heads, s.n_kv_heads, s.d_head) is not None
+
+    def _decode_fused(self, p: dict, rope: Optional[Rope], new_rope: Optional[Rope], cache: "LayerKVCache", start_pos: int) -> torch.Tensor:
+        """One token through the fused kernel: S is read once, keys formed from it on the fly."""
+        s_new = self._nv(p["k"])
+        (s,) = cache.update(start_pos, [s_new])
+        if "q" in p:
+            q = self._nq(p["q"])
+        else:
+            q = self._k_from_cache(s_new, False)
+        if rope is not None:
+            q = rotate(q, new_rope.cos, new_rope.sin)
+        gain = eps = None
+        if self.k_norm is not None:
+            gain = self.k_norm.weight
+            if not self.spec.v_norm:
+                eps = self.k_norm.eps if self.k_norm.eps is not None else torch.finfo(s.dtype).eps
+        half = self.spec.d_head // 2
+        cos = sin = None
+        if rope is not None:
+            cos, sin = rope.cos[:, :half], rope.sin[:, :half]
+        scale = self.score_scale if self.score_scale is not None else self.spec.d_head**-0.5
+        y = kv_decode.decode(q[:, :, 0], s, cos, sin, scale=scale, key_gain=gain, key_norm_eps=eps)
+        B = y.shape[0]
+        return self.out(y.to(q.dtype).reshape(B, 1, -1))
+
     def forward_cached(self, x, rope: Optional[Rope], cache: "LayerKVCache", start_pos: int, shared: dict) -> torch.Tensor:
         """Incremental decoding; `rope` covers positions 0..start_pos+T.
 
@@ -369,18 +406,22 @@ class SharedQKVAttention(nn.Module):
         elif self.spec.cached_tensors == 2:
             q, k, v = self.qkv_from(p, new_rope)
             (k, v), pairs = cache.update(start_pos, [k, v]), False
-        elif rope is None:
-            (v,) = cache.update(start_pos, [self._nv(p["k"])])
-            k, pairs = self._k_from_cache(v, False), False
-            q = self._nq(p["q"]) if "q" in p else k[:, :, start_pos:]
-        elif rope.cis is not None and cache.dtype in (torch.float32, torch.float64):
-            (v,) = cache.update(start_pos, [to_pairs(self._nv(p["k"]))])
-            k, pairs = rotate_pairs(self._k_from_cache(v, True), rope.cis), True
-            q = rotate_pairs(to_pairs(self._nq(p["q"])).to(cache.dtype), new_rope.cis) if "q" in p else k[:, :, start_pos:]
         else:
-            (v,) = cache.update(start_pos, [self._nv(p["k"])])
-            k, pairs = rotate(self._k_from_cache(v, False), rope.cos, rope.sin), False
-            q = rotate(self._nq(p["q"]), new_rope.cos, new_rope.sin) if "q" in p else k[:, :, start_pos:]
+            fused = self._fused_decode(cache)
+            if fused and T == 1:
+                return self._decode_fused(p, rope, new_rope, cache, start_pos)
+            if rope is None:
+                (v,) = cache.update(start_pos, [self._nv(p["k"])])
+                k, pairs = self._k_from_cache(v, False), False
+                q = self._nq(p["q"]) if "q" in p else k[:, :, start_pos:]
+            elif not fused and rope.cis is not None and cache.dtype in (torch.float32, torch.float64):
+                (v,) = cache.update(start_pos, [to_pairs(self._nv(p["k"]))])
+                k, pairs = rotate_pairs(self._k_from_cache(v, True), rope.cis), True
+                q = rotate_pairs(to_pairs(self._nq(p["q"])).to(cache.dtype), new_rope.cis) if "q" in p else k[:, :, start_pos:]
+            else:
+                (v,) = cache.update(start_pos, [self._nv(p["k"])])
+                k, pairs = rotate(self._k_from_cache(v, False), rope.cos, rope.sin), False
+                q = rotate(self._nq(p["q"]), new_rope.cos, new_rope.sin) if "q" in p else k[:, :, start_pos:]
         if self.feeds:
             shared[self.layer.index] = (k, v, pairs)
         q, k = self.score_space(q, k, pairs)

@@ -1,0 +1,153 @@
+"""The CPU path of one-tensor decoding: a small C kernel, compiled once per machine.
+
+`k_eq_v` halves the cache only if decoding reads the cached S once: keys are
+RoPE(S), values are S. PyTorch cannot express that in one pass. Eager code
+rotates the whole cache into a new tensor and SDPA then reads it and S again
+(twice `mha`'s traffic); torch.compile (Inductor, measured here) fuses the
+rotation into the scores but still reads S a second time for the values, and
+is no faster than `mha`. A flash-decoding loop in C does it: a block of S rows
+is loaded into L1, keys are formed there for every query head of the group,
+an online softmax updates, and the same rows are the values. No library ships
+this for CPUs (the GPU libraries' RoPE-on-the-fly decode kernels are CUDA-only).
+
+The source (shared_kv_decode.c) is compiled with the system C compiler, the
+one torch.compile also needs, into ~/.cache/qkvlab/kernels (XDG_CACHE_HOME
+respected), keyed by the source, the compiler and the CPU's flags, so a home
+directory shared by machines of different CPUs holds one build per CPU. Where
+no compiler works, `library()` is None and decoding keeps the PyTorch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+SOURCE = Path(__file__).with_name("shared_kv_decode.c")
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-shared", "-fPIC")
+# Rows a split must hold at least before the cache is cut into more work units than heads.
+MIN_SPLIT_ROWS = 256
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "qkvlab" / "kernels"
+
+
+def _compiler() -> Optional[str]:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def _build_key(cc: str) -> str:
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    try:
+        cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        cpu = ""
+    blob = "\n".join([SOURCE.read_text(), version, " ".join(FLAGS), cpu])
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _compile(cc: str, out: Path) -> bool:
+    """Build into a temporary file beside `out` and rename it, so concurrent processes never load half a file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, timeout=120)
+        if done.returncode != 0:
+            return False
+        os.replace(tmp, out)
+        return True
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> Optional[ctypes.CDLL]:
+    """The compiled kernel, or None where it cannot be built (no C compiler, no OpenMP)."""
+    cc = _compiler()
+    if cc is None:
+        return None
+    key = _build_key(cc)
+    if not key:
+        return None
+    path = cache_dir() / f"shared_kv_decode-{key}.so"
+    try:
+        if not path.exists() and not _compile(cc, path):
+            return None
+        lib = ctypes.CDLL(str(path))
+    except OSError:
+        return None
+    fn = lib.qkvlab_shared_kv_decode
+    p, i, L, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
+    fn.argtypes = [p, i, L, L, L, p, p, i, i, i, i, i, p, p, L, p, f, f, i, i, p]
+    fn.restype = ctypes.c_int
+    return lib
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def decode_shared_kv(
+    q: torch.Tensor,
+    s: torch.Tensor,
+    cos: Optional[torch.Tensor],
+    sin: Optional[torch.Tensor],
+    *,
+    scale: float,
+    key_gain: Optional[torch.Tensor] = None,
+    key_norm_eps: Optional[float] = None,
+) -> torch.Tensor:
+    """softmax(scale · q·keysᵀ) @ S for one new token per sequence.
+
+    q: (B, H, D) rotated queries; s: (B, KV, L, D), the valid part of the cache in rotate-half layout
+    (a view of the buffer); cos, sin: (≥L, D/2) fp32 angle tables of the cached positions (one value per
+    rotary pair, rows contiguous), or None without RoPE; keys are RoPE(key_map(S)), key_map = rmsnorm(S)·gain with key_norm_eps, S·gain with a gain
+    alone, else S. Returns (B, H, D) in q's dtype."""
+    lib = library()
+    B, H, D = q.shape
+    _, KV, L, _ = s.shape
+    if s.stride(-1) != 1:
+        s = s.contiguous()
+    q32 = q.float().contiguous()
+    out = torch.empty(B, H, D, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    splits = max(1, min(-(-2 * threads // B), L // MIN_SPLIT_ROWS))
+    work = torch.empty(B * splits * H * (D + 2), dtype=torch.float32)
+    cos_p = sin_p = None
+    row = 0
+    if cos is not None:
+        cos, sin = (t if t.dtype == torch.float32 and t.stride(-1) == 1 else t.float().contiguous() for t in (cos, sin))
+        if cos.stride(0) != sin.stride(0) or cos.shape[0] < L:
+            raise ValueError("shared_kv_decode: cos and sin must be (>= L, D/2) tables of one row stride")
+        cos_p, sin_p, row = cos.data_ptr(), sin.data_ptr(), cos.stride(0)
+    gain = None if key_gain is None else key_gain.float().contiguous()
+    eps = -1.0 if key_norm_eps is None else float(key_norm_eps)
+    status = lib.qkvlab_shared_kv_decode(
+        s.data_ptr(), int(s.dtype == torch.bfloat16), s.stride(0), s.stride(1), s.stride(2),
+        q32.data_ptr(), out.data_ptr(), B, H, KV, L, D, cos_p, sin_p, row, _ptr(gain),
+        eps, float(scale), splits, threads, work.data_ptr(),
+    )
+    if status:
+        raise ValueError(f"shared_kv_decode: unsupported shape (B={B}, H={H}, KV={KV}, D={D})")
+    return out.to(q.dtype)

@@ -1,0 +1,64 @@
+"""The CPU decode kernel equals the PyTorch computation it replaces: RoPE(key_map(S)) as keys, S as values."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qkvlab.model.attention import rotate
+from qkvlab.model.kernels import cpu_decode
+
+pytestmark = pytest.mark.skipif(not cpu_decode.available(), reason="no C compiler with OpenMP: the kernel cannot be built")
+
+
+def reference(q, s, cos, sin, scale, gain, eps):
+    """Plain PyTorch in float64: key map, rotate-half RoPE, then SDPA with GQA."""
+    s64 = s.double()
+    k = s64
+    if eps is not None:
+        k = F.rms_norm(k, (k.shape[-1],), eps=eps)
+    if gain is not None:
+        k = k * gain.double()
+    if cos is not None:
+        k = rotate(k, torch.cat((cos, cos), -1).double(), torch.cat((sin, sin), -1).double())
+    h, kv = q.shape[1], s.shape[1]
+    return F.scaled_dot_product_attention(q.double()[:, :, None], k, s64, scale=scale, enable_gqa=h != kv)[:, :, 0]
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (4, 1)])
+@pytest.mark.parametrize("rope,keymap", [(True, None), (False, None), (True, "gain"), (True, "norm")])
+@pytest.mark.parametrize("d_head,length", [(48, 70), (64, 600)])
+def test_fp32_kernel_equals_pytorch(heads, kv_heads, rope, keymap, d_head, length):
+    torch.manual_seed(0)
+    B = 2
+    buf = torch.randn(B, kv_heads, length + 5, d_head)
+    s = buf[:, :, :length]  # the cache's valid part: a view with the buffer's strides
+    q = torch.randn(B, heads, d_head)
+    angles = torch.rand(length, d_head // 2) * 6.0
+    cos, sin = (angles.cos(), angles.sin()) if rope else (None, None)
+    gain = torch.rand(d_head) + 0.5 if keymap else None
+    eps = 1e-5 if keymap == "norm" else None
+    got = cpu_decode.decode_shared_kv(q, s, cos, sin, scale=0.3, key_gain=gain, key_norm_eps=eps)
+    want = reference(q, s, cos, sin, 0.3, gain, eps)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_cache_is_read_as_bf16():
+    torch.manual_seed(0)
+    s = torch.randn(1, 2, 300, 32).bfloat16()
+    q = torch.randn(1, 4, 32)
+    angles = torch.rand(300, 16)
+    got = cpu_decode.decode_shared_kv(q, s, angles.cos(), angles.sin(), scale=0.2)
+    want = reference(q, s, angles.cos(), angles.sin(), 0.2, None, None)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_long_cache_with_large_scores_is_stable():
+    """Scores spread far apart (the online softmax's rescaling) and a cache split across work units."""
+    torch.manual_seed(0)
+    s = torch.randn(1, 1, 2000, 16) * 6
+    q = torch.randn(1, 1, 16) * 6
+    got = cpu_decode.decode_shared_kv(q, s, None, None, scale=1.0)
+    torch.testing.assert_close(got.double(), reference(q, s, None, None, 1.0, None, None), rtol=1e-5, atol=1e-5)
