@@ -16,10 +16,10 @@ def split_kernel(
     sqb, sqh, sqd,
     ssb, ssk, ssl, ssd,
     scl, scd, snl, snd, sgd,
-    KV: tl.constexpr, G: tl.constexpr, GP: tl.constexpr, D: tl.constexpr, D2P: tl.constexpr,
+    KV, G, GP: tl.constexpr, D: tl.constexpr, D2P: tl.constexpr,
     BLOCK_L: tl.constexpr, PAIRS: tl.constexpr, ROPE: tl.constexpr, KEY_MODE: tl.constexpr,
 ):
-    bk = tl.program_id(0)
+    bk = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
     b = bk // KV
     kvh = bk % KV
@@ -92,8 +92,8 @@ def split_kernel(
 
 
 @triton.jit
-def reduce_kernel(PM, PL, PACC, Y, n_splits, G: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, NSP: tl.constexpr):
-    row = tl.program_id(0)
+def reduce_kernel(PM, PL, PACC, Y, n_splits, G, D: tl.constexpr, DP: tl.constexpr, NSP: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
     bk = row // G
     g = row % G
     ns = tl.arange(0, NSP)

@@ -88,6 +88,8 @@ def decode_shared_kv(
     key_gain: Optional[torch.Tensor] = None,
     key_norm_eps: Optional[float] = None,
     num_splits: Optional[int] = None,
+    block: Optional[int] = None,
+    num_warps: int = 4,
 ) -> torch.Tensor:
     """softmax(scale * q · keys(S)ᵀ) @ S for one new token, accumulated in fp32, in q's dtype.
 
@@ -95,8 +97,9 @@ def decode_shared_kv(
     cache (any strides), H % KV == 0 with query head h reading KV head h // (H/KV), as SDPA's
     enable_gqa; cos, sin (L, D/2): angles per cached position and pair, or both None (no RoPE);
     pairs: layout of q and s (False rotate-half, True side by side); key_gain (D,) in s's layout
-    scales the keys, after an RMSNorm with eps key_norm_eps when that is given; num_splits
-    overrides the split of L over programs (tests)."""
+    scales the keys, after an RMSNorm with eps key_norm_eps when that is given; num_splits,
+    block (cache rows per tile, a power of two >= 16) and num_warps override the launch plan
+    (tests, tuning)."""
     from . import _decode_jit as jit
 
     B, H, D = q.shape
@@ -111,7 +114,7 @@ def decode_shared_kv(
     if key_gain is not None and key_gain.shape != (D,):
         raise ValueError(f"decode_shared_kv: key_gain must be ({D},), got {tuple(key_gain.shape)}")
     G = H // KV
-    block = block_rows(G, D)
+    block = block or block_rows(G, D)
     per, n_splits = plan_splits(B * KV, L, block, s.device, num_splits)
     f32 = dict(device=q.device, dtype=torch.float32)
     pm = torch.empty(B * KV * n_splits * G, **f32)
@@ -130,8 +133,8 @@ def decode_shared_kv(
         cs.stride(0) if rope else 0, cs.stride(1) if rope else 0,
         sn.stride(0) if rope else 0, sn.stride(1) if rope else 0,
         gain.stride(0) if key_gain is not None else 0,
-        KV=KV, G=G, GP=_pow2(G), D=D, D2P=_pow2(D // 2), BLOCK_L=block,
-        PAIRS=bool(pairs), ROPE=rope, KEY_MODE=key_mode,
+        KV, G, GP=_pow2(G), D=D, D2P=_pow2(D // 2), BLOCK_L=block,
+        PAIRS=bool(pairs), ROPE=rope, KEY_MODE=key_mode, num_warps=num_warps,
     )
-    jit.reduce_kernel[(B * H,)](pm, pl, pacc, y, n_splits, G=G, D=D, DP=_pow2(D), NSP=_pow2(n_splits))
+    jit.reduce_kernel[(B * H,)](pm, pl, pacc, y, n_splits, G, D=D, DP=_pow2(D), NSP=_pow2(n_splits))
     return y
