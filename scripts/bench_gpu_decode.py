@@ -125,22 +125,6 @@ def check(td, device, dry):
     return failures == 0
 
 
-def tune(td, device, dry, timer):
-    """Rows per tile and warps for the long-context, one-sequence case (the one flash-decoding is for)."""
-    import torch
-
-    B, H, D, L = (1, 2, 16, 200) if dry else (1, 12, 64, 32768)
-    q = torch.randn(B, H, D, device=device, dtype=torch.bfloat16)
-    s = torch.randn(B, H, L, D, device=device, dtype=torch.bfloat16)
-    cos, sin = tables(L, D, device)
-    opts = [(16, 4), (32, 4)] if dry else [(b, w) for b in (32, 64, 128, 256) for w in (2, 4, 8)]
-    res = []
-    for b, w in opts:
-        t = timer([lambda: td.decode_shared_kv(q, s, cos, sin, scale=0.125, pairs=False, block=b, num_warps=w)])
-        res.append(f"block {b} warps {w}: {t * 1e6:.1f} us")
-    print(f"tune (B={B}, H={H}, D={D}, L={L}, bf16; default block {td.block_rows(1, D)} warps 4): " + "; ".join(res))
-
-
 class Timer:
     """Median seconds per call of fn over `copies` rotating inputs; CUDA graphs + events on a GPU."""
 
@@ -232,9 +216,32 @@ def bench(td, device, dry):
         print(f"{r[0]:<11}{r[1]:>6}{r[2]:>9}  {r[3]:<30}{r[4]:>10.1f}{r[5]:>14.2f}{r[6]:>9.0f}{r[7]:>8.2f}")
 
 
+def tune(td, device, dry, timer):
+    """Launch plans for a one-sequence long context and a batched one (gpt2_124m-sized heads)."""
+    import torch
+
+    shapes = [(1, 2, 16, 200)] if dry else [(1, 12, 64, 32768), (16, 12, 64, 8192)]
+    if dry:
+        opts = [(16, 1, 2, 4), (32, 2, 1, 8)]
+    else:
+        opts = [(b, w, st, 8) for b in (16, 32, 64) for w in (1, 2, 4) for st in (2, 3)]
+        opts += [(32, 2, 2, p) for p in (4, 16, 32)]
+    for B, H, D, L in shapes:
+        q = torch.randn(B, H, D, device=device, dtype=torch.bfloat16)
+        s = torch.randn(B, H, L, D, device=device, dtype=torch.bfloat16)
+        cos, sin = tables(L, D, device)
+        res = []
+        for b, w, st, per_sm in opts:
+            t = timer([lambda: td.decode_shared_kv(q, s, cos, sin, scale=0.125, pairs=False, block=b, num_warps=w, num_stages=st, programs_per_sm=per_sm)])
+            res.append((t, f"block {b} warps {w} stages {st} per_sm {per_sm}: {t * 1e6:.1f} us {s.numel() * 2 / t / 1e9:.0f} GB/s"))
+        t = timer([lambda: td.decode_shared_kv(q, s, cos, sin, scale=0.125, pairs=False)])
+        print(f"tune B={B} H={H} D={D} L={L} bf16: default {t * 1e6:.1f} us; best: " + "; ".join(r for _, r in sorted(res)[:6]))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU, Triton's interpreter, tiny shapes: runs every code path, times nothing real")
+    ap.add_argument("--tune", action="store_true", help="time launch plans only")
     args = ap.parse_args(argv)
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
@@ -254,10 +261,12 @@ def main(argv=None):
     else:
         p = torch.cuda.get_device_properties(device)
         print(f"{p.name}, {p.multi_processor_count} SMs, torch {torch.__version__}, triton {importlib.import_module('triton').__version__}")
+    if args.tune:
+        tune(td, device, args.dry_run, Timer(device, args.dry_run))
+        return 0
     ok = check(td, device, args.dry_run)
     print(f"checked in {time.perf_counter() - t0:.0f} s", flush=True)
     bench(td, device, args.dry_run)
-    tune(td, device, args.dry_run, Timer(device, args.dry_run))
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0 if ok else 1
 

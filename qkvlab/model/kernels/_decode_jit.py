@@ -3,7 +3,7 @@
 Split kernel: one program per (batch, KV head, split of the cache length). It loads each cached
 row of S once, as the two halves of its rotary pairs, forms the keys in registers (gain or RMSNorm,
 then RoPE), scores every query head of the group against them, and accumulates p @ S from the
-same registers with an online softmax. Reduce kernel: merges the splits' (max, sum, acc)."""
+same registers with an online softmax, one stream per tile row, merged after the loop. Reduce kernel: merges the splits' (max, sum, acc)."""
 
 import triton
 import triton.language as tl
@@ -17,7 +17,7 @@ def split_kernel(
     ssb, ssk, ssl, ssd,
     scl, scd, snl, snd, sgd,
     KV, G, GP: tl.constexpr, D: tl.constexpr, D2P: tl.constexpr,
-    BLOCK_L: tl.constexpr, PAIRS: tl.constexpr, ROPE: tl.constexpr, KEY_MODE: tl.constexpr,
+    BLOCK_L: tl.constexpr, PAIRS: tl.constexpr, ROPE: tl.constexpr, KEY_MODE: tl.constexpr, STAGES: tl.constexpr,
 ):
     bk = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
@@ -42,15 +42,17 @@ def split_kernel(
         g1 = tl.load(GAIN + o1 * sgd, mask=dm, other=0.0).to(tl.float32)
         g2 = tl.load(GAIN + o2 * sgd, mask=dm, other=0.0).to(tl.float32)
 
-    m = tl.full([GP], float("-inf"), tl.float32)
-    lsum = tl.zeros([GP], tl.float32)
-    a1 = tl.zeros([GP, D2P], tl.float32)
-    a2 = tl.zeros([GP, D2P], tl.float32)
+    # Every (head, tile row) is its own online-softmax stream, merged once after the loop: the loop
+    # then has no reduction across rows (no shared-memory round trip per tile), only over features.
+    m = tl.full([GP, BLOCK_L], -1e30, tl.float32)
+    lsum = tl.zeros([GP, BLOCK_L], tl.float32)
+    a1 = tl.zeros([GP, BLOCK_L, D2P], tl.float32)
+    a2 = tl.zeros([GP, BLOCK_L, D2P], tl.float32)
 
     lo = split * tiles_per_split * BLOCK_L
     hi = tl.minimum(lo + tiles_per_split * BLOCK_L, L)
     base = S + b * ssb + kvh * ssk
-    for start in range(lo, hi, BLOCK_L):
+    for start in tl.range(lo, hi, BLOCK_L, num_stages=STAGES):
         pos = start + tl.arange(0, BLOCK_L)
         pm = pos < hi
         tmask = pm[:, None] & dm[None, :]
@@ -75,13 +77,20 @@ def split_kernel(
             k2 = r2
         qk = tl.sum(q1[:, None, :] * k1[None, :, :], axis=2) + tl.sum(q2[:, None, :] * k2[None, :, :], axis=2)
         qk = tl.where(pm[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m, tl.max(qk, axis=1))
+        m_new = tl.maximum(m, qk)
         alpha = tl.exp2(m - m_new)
-        p = tl.exp2(qk - m_new[:, None])
-        lsum = lsum * alpha + tl.sum(p, axis=1)
-        a1 = a1 * alpha[:, None] + tl.sum(p[:, :, None] * s1[None, :, :], axis=1)
-        a2 = a2 * alpha[:, None] + tl.sum(p[:, :, None] * s2[None, :, :], axis=1)
+        p = tl.exp2(qk - m_new)
+        lsum = lsum * alpha + p
+        a1 = a1 * alpha[:, :, None] + p[:, :, None] * s1[None, :, :]
+        a2 = a2 * alpha[:, :, None] + p[:, :, None] * s2[None, :, :]
         m = m_new
+
+    mx = tl.max(m, axis=1)
+    w = tl.exp2(m - mx[:, None])
+    lsum = tl.sum(lsum * w, axis=1)
+    a1 = tl.sum(a1 * w[:, :, None], axis=1)
+    a2 = tl.sum(a2 * w[:, :, None], axis=1)
+    m = mx
 
     part = bk * n_splits + split
     tl.store(PM + part * G + g, m, mask=gm)

@@ -37,8 +37,10 @@ import torch
 LOG2E = 1.4426950408889634
 # Target programs per SM for the split over the cache length; more splits than this only add reduce work.
 PROGRAMS_PER_SM = 4
-# Upper bound on elements of one (heads x rows x half-features) product tile, to stay in registers.
-TILE_ELEMENTS = 8192
+# Upper bound on elements of one (heads x rows x half-features) accumulator, to stay in registers.
+TILE_ELEMENTS = 2048
+NUM_WARPS = 4
+NUM_STAGES = 2
 
 
 @lru_cache(maxsize=None)
@@ -58,8 +60,8 @@ def _pow2(n: int) -> int:
 
 
 def block_rows(group: int, d_head: int) -> int:
-    """Cache rows per tile: as many as fit TILE_ELEMENTS for this group size and head size, 16..128."""
-    return max(16, min(128, TILE_ELEMENTS // (_pow2(group) * _pow2(d_head // 2))))
+    """Cache rows per tile: as many as fit TILE_ELEMENTS for this group size and head size, 8..128."""
+    return max(8, min(128, TILE_ELEMENTS // (_pow2(group) * _pow2(d_head // 2))))
 
 
 def _sm_count(device: torch.device) -> int:
@@ -68,10 +70,12 @@ def _sm_count(device: torch.device) -> int:
     return 1
 
 
-def plan_splits(batch_kv: int, length: int, block: int, device: torch.device, num_splits: Optional[int] = None) -> tuple[int, int]:
+def plan_splits(
+    batch_kv: int, length: int, block: int, device: torch.device, num_splits: Optional[int] = None, per_sm: int = 0
+) -> tuple[int, int]:
     """(tiles per split, splits): enough programs to fill the device, no split empty."""
     tiles = math.ceil(length / block)
-    want = num_splits if num_splits is not None else math.ceil(PROGRAMS_PER_SM * _sm_count(device) / batch_kv)
+    want = num_splits if num_splits is not None else math.ceil((per_sm or PROGRAMS_PER_SM) * _sm_count(device) / batch_kv)
     want = max(1, min(want, tiles))
     per = math.ceil(tiles / want)
     return per, math.ceil(tiles / per)
@@ -89,7 +93,9 @@ def decode_shared_kv(
     key_norm_eps: Optional[float] = None,
     num_splits: Optional[int] = None,
     block: Optional[int] = None,
-    num_warps: int = 4,
+    num_warps: Optional[int] = None,
+    num_stages: Optional[int] = None,
+    programs_per_sm: Optional[int] = None,
 ) -> torch.Tensor:
     """softmax(scale * q · keys(S)ᵀ) @ S for one new token, accumulated in fp32, in q's dtype.
 
@@ -97,9 +103,9 @@ def decode_shared_kv(
     cache (any strides), H % KV == 0 with query head h reading KV head h // (H/KV), as SDPA's
     enable_gqa; cos, sin (L, D/2): angles per cached position and pair, or both None (no RoPE);
     pairs: layout of q and s (False rotate-half, True side by side); key_gain (D,) in s's layout
-    scales the keys, after an RMSNorm with eps key_norm_eps when that is given; num_splits,
-    block (cache rows per tile, a power of two >= 16) and num_warps override the launch plan
-    (tests, tuning)."""
+    scales the keys, after an RMSNorm with eps key_norm_eps when that is given. The rest override
+    the launch plan (tests, tuning): num_splits of L, block (cache rows per tile, a power of two),
+    num_warps, num_stages (loads in flight per program), programs_per_sm (the split target)."""
     from . import _decode_jit as jit
 
     B, H, D = q.shape
@@ -115,7 +121,7 @@ def decode_shared_kv(
         raise ValueError(f"decode_shared_kv: key_gain must be ({D},), got {tuple(key_gain.shape)}")
     G = H // KV
     block = block or block_rows(G, D)
-    per, n_splits = plan_splits(B * KV, L, block, s.device, num_splits)
+    per, n_splits = plan_splits(B * KV, L, block, s.device, num_splits, programs_per_sm or PROGRAMS_PER_SM)
     f32 = dict(device=q.device, dtype=torch.float32)
     pm = torch.empty(B * KV * n_splits * G, **f32)
     pl = torch.empty_like(pm)
@@ -134,7 +140,8 @@ def decode_shared_kv(
         sn.stride(0) if rope else 0, sn.stride(1) if rope else 0,
         gain.stride(0) if key_gain is not None else 0,
         KV, G, GP=_pow2(G), D=D, D2P=_pow2(D // 2), BLOCK_L=block,
-        PAIRS=bool(pairs), ROPE=rope, KEY_MODE=key_mode, num_warps=num_warps,
+        PAIRS=bool(pairs), ROPE=rope, KEY_MODE=key_mode,
+        STAGES=num_stages or NUM_STAGES, num_warps=num_warps or NUM_WARPS,
     )
     jit.reduce_kernel[(B * H,)](pm, pl, pacc, y, n_splits, G, D=D, DP=_pow2(D), NSP=_pow2(n_splits))
     return y
