@@ -12,10 +12,11 @@ cache into new keys, then SDPA over keys and S).
      overhead, is measured), the graph replayed with torch.cuda.Event timing after warm-up, and
      the median of several replays reported. Inputs cycle over enough copies to exceed the L2 cache.
 
+The rotary tables are in the cache's dtype, as a model cast to bf16 for inference holds them.
 Bytes per step are counted, not measured (no hardware counters): mha reads K and V
-(2·B·H·L·D elements); the kernel reads S (B·KV·L·D) and the rotary tables (2·L·D/2 fp32, shared
-across batch and heads); the unfused path reads S twice, writes and reads the rotated keys.
-GB/s = counted bytes / median time.
+(2·B·H·L·D elements); the kernel reads S (B·KV·L·D) and the rotary tables (2·L·D/2, shared
+across batch and heads, so read from DRAM about once); the unfused path reads S twice, writes and
+reads the rotated keys. GB/s = counted bytes / median time.
 
 Usage: python3 scripts/bench_gpu_decode.py            (CUDA; under 2 minutes on an H100/H200)
        python3 scripts/bench_gpu_decode.py --dry-run  (CPU, Triton's interpreter, tiny shapes)
@@ -187,22 +188,22 @@ def bench(td, device, dry):
                 copies = min(copies, 8)
                 scale = D**-0.5
                 cos, sin = tables(L, D, device)
-                cos_full, sin_full = cos.to(dtype), sin.to(dtype)
+                cos_c, sin_c = cos.to(dtype), sin.to(dtype)
                 ins = []
                 for _ in range(copies):
                     q = torch.randn(B, H, D, device=device, dtype=dtype)
                     s = torch.randn(B, H, L, D, device=device, dtype=dtype)
                     k = torch.randn(B, H, L, D, device=device, dtype=dtype)
                     ins.append((q, s, k))
-                fused = [lambda q=q, s=s: td.decode_shared_kv(q, s, cos, sin, scale=scale, pairs=False) for q, s, _ in ins]
+                fused = [lambda q=q, s=s: td.decode_shared_kv(q, s, cos_c, sin_c, scale=scale, pairs=False) for q, s, _ in ins]
                 mha = [lambda q=q, s=s, k=k: F.scaled_dot_product_attention(q[:, :, None], k, s, scale=scale) for q, s, k in ins]
                 unfused = [
-                    lambda q=q, s=s: F.scaled_dot_product_attention(q[:, :, None], rope(s, cos_full, sin_full, False), s, scale=scale)
+                    lambda q=q, s=s: F.scaled_dot_product_attention(q[:, :, None], rope(s, cos_c, sin_c, False), s, scale=scale)
                     for q, s, _ in ins
                 ]
                 t_mha, t_fused, t_unfused = timer(mha), timer(fused), timer(unfused)
                 s_bytes = B * H * L * D * el
-                table_bytes = 2 * L * (D // 2) * 4
+                table_bytes = 2 * L * (D // 2) * el
                 counted = {"mha": 2 * s_bytes, "kernel": s_bytes + table_bytes, "unfused": 4 * s_bytes + 2 * L * (D // 2) * el}
                 for method, t in (("mha (SDPA, K+V)", t_mha), ("k_eq_v kernel (S once)", t_fused), ("k_eq_v unfused (rotate+SDPA)", t_unfused)):
                     key = method.split()[0] if method.startswith("mha") else ("kernel" if "kernel" in method else "unfused")
@@ -217,25 +218,27 @@ def bench(td, device, dry):
 
 
 def tune(td, device, dry, timer):
-    """Launch plans for a one-sequence long context and a batched one (gpt2_124m-sized heads)."""
+    """Launch plans for a one-sequence long context and a batched one (gpt2_124m-sized heads), with
+    the rotary tables in fp32, in bf16 (a model cast to bf16 holds them so) and without RoPE."""
     import torch
 
     shapes = [(1, 2, 16, 200)] if dry else [(1, 12, 64, 32768), (16, 12, 64, 8192)]
     if dry:
         opts = [(16, 1, 2, 4), (32, 2, 1, 8)]
     else:
-        opts = [(b, w, st, 8) for b in (16, 32, 64) for w in (1, 2, 4) for st in (2, 3)]
-        opts += [(32, 2, 2, p) for p in (4, 16, 32)]
+        opts = [(b, w, 3, 8) for b, w in ((16, 1), (32, 1), (32, 2), (32, 4), (64, 2), (64, 4), (128, 4))]
+        opts += [(32, 2, 3, 16), (32, 1, 3, 16), (64, 4, 3, 16)]
     for B, H, D, L in shapes:
         q = torch.randn(B, H, D, device=device, dtype=torch.bfloat16)
         s = torch.randn(B, H, L, D, device=device, dtype=torch.bfloat16)
         cos, sin = tables(L, D, device)
-        res = []
-        for b, w, st, per_sm in opts:
-            t = timer([lambda: td.decode_shared_kv(q, s, cos, sin, scale=0.125, pairs=False, block=b, num_warps=w, num_stages=st, programs_per_sm=per_sm)])
-            res.append((t, f"block {b} warps {w} stages {st} per_sm {per_sm}: {t * 1e6:.1f} us {s.numel() * 2 / t / 1e9:.0f} GB/s"))
-        t = timer([lambda: td.decode_shared_kv(q, s, cos, sin, scale=0.125, pairs=False)])
-        print(f"tune B={B} H={H} D={D} L={L} bf16: default {t * 1e6:.1f} us; best: " + "; ".join(r for _, r in sorted(res)[:6]))
+        for label, c, sn in (("fp32 tables", cos, sin), ("bf16 tables", cos.bfloat16(), sin.bfloat16()), ("no rope", None, None)):
+            res = []
+            for b, w, st, per_sm in opts:
+                t = timer([lambda: td.decode_shared_kv(q, s, c, sn, scale=0.125, pairs=False, block=b, num_warps=w, num_stages=st, programs_per_sm=per_sm)])
+                res.append((t, f"b{b} w{w} s{st} p{per_sm}: {t * 1e6:.1f} us {s.numel() * 2 / t / 1e9:.0f} GB/s"))
+            t = timer([lambda: td.decode_shared_kv(q, s, c, sn, scale=0.125, pairs=False)])
+            print(f"tune B={B} H={H} D={D} L={L} bf16 cache, {label}: default {t * 1e6:.1f} us; " + "; ".join(r for _, r in sorted(res)), flush=True)
 
 
 def main(argv=None):
