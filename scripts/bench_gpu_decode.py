@@ -103,7 +103,7 @@ def check(td, device, dry):
     import torch
 
     L = 70 if dry else 3000
-    failures = 0
+    failures = n = 0
     all_cases = cases(dry)
     for n, (dtype, D, H, KV, pairs, key, use_rope) in enumerate(all_cases):
         g = torch.Generator(device="cpu").manual_seed(n)
@@ -114,14 +114,15 @@ def check(td, device, dry):
         gain = (1 + 0.3 * torch.randn(D, generator=g)).to(device=device, dtype=dtype) if key != "none" else None
         eps = 1e-6 if key == "norm" else None
         scale = D**-0.5
-        y = td.decode_shared_kv(q, s, cos, sin, scale=scale, pairs=pairs, key_gain=gain, key_norm_eps=eps)
         ref = reference(q, s, cos, sin, scale, pairs, gain, eps)
-        err = (y.float() - ref).abs().max().item()
-        tol = 1e-4 if dtype == torch.float32 else 2e-2
-        if not err <= tol:
-            failures += 1
-            print(f"MISMATCH {dtype} D={D} H={H} KV={KV} pairs={pairs} key={key} rope={use_rope}: max |err| {err:.2e} > {tol}")
-    n = len(all_cases)
+        for mma in (False, True) if dtype == torch.bfloat16 else (False,):
+            y = td.decode_shared_kv(q, s, cos, sin, scale=scale, pairs=pairs, key_gain=gain, key_norm_eps=eps, mma=mma)
+            err = (y.float() - ref).abs().max().item()
+            tol = 1e-4 if dtype == torch.float32 else 2e-2
+            n += 1
+            if not err <= tol:
+                failures += 1
+                print(f"MISMATCH {dtype} D={D} H={H} KV={KV} pairs={pairs} key={key} rope={use_rope} mma={mma}: max |err| {err:.2e} > {tol}")
     print(f"check: {n - failures}/{n} kernel outputs match the fp32 reference (fp32 within 1e-4, bf16 within 2e-2)")
     return failures == 0
 
@@ -196,19 +197,24 @@ def bench(td, device, dry):
                     k = torch.randn(B, H, L, D, device=device, dtype=dtype)
                     ins.append((q, s, k))
                 fused = [lambda q=q, s=s: td.decode_shared_kv(q, s, cos_c, sin_c, scale=scale, pairs=False) for q, s, _ in ins]
+                fused_mma = [lambda q=q, s=s: td.decode_shared_kv(q, s, cos_c, sin_c, scale=scale, pairs=False, mma=True) for q, s, _ in ins]
                 mha = [lambda q=q, s=s, k=k: F.scaled_dot_product_attention(q[:, :, None], k, s, scale=scale) for q, s, k in ins]
                 unfused = [
                     lambda q=q, s=s: F.scaled_dot_product_attention(q[:, :, None], rope(s, cos_c, sin_c, False), s, scale=scale)
                     for q, s, _ in ins
                 ]
-                t_mha, t_fused, t_unfused = timer(mha), timer(fused), timer(unfused)
+                t_mha, t_fused, t_mma, t_unfused = timer(mha), timer(fused), timer(fused_mma), timer(unfused)
                 s_bytes = B * H * L * D * el
                 table_bytes = 2 * L * (D // 2) * el
-                counted = {"mha": 2 * s_bytes, "kernel": s_bytes + table_bytes, "unfused": 4 * s_bytes + 2 * L * (D // 2) * el}
-                for method, t in (("mha (SDPA, K+V)", t_mha), ("k_eq_v kernel (S once)", t_fused), ("k_eq_v unfused (rotate+SDPA)", t_unfused)):
-                    key = method.split()[0] if method.startswith("mha") else ("kernel" if "kernel" in method else "unfused")
-                    rows.append((name, B, L, method, t * 1e6, counted[key] / 1e6, counted[key] / t / 1e9, t_mha / t))
-                del ins, fused, mha, unfused
+                paths = (
+                    ("mha (SDPA, K+V)", t_mha, 2 * s_bytes),
+                    ("k_eq_v kernel (S once)", t_fused, s_bytes + table_bytes),
+                    ("k_eq_v kernel, mma=True", t_mma, s_bytes + table_bytes),
+                    ("k_eq_v unfused (rotate+SDPA)", t_unfused, 4 * s_bytes + table_bytes),
+                )
+                for method, t, counted in paths:
+                    rows.append((name, B, L, method, t * 1e6, counted / 1e6, counted / t / 1e9, t_mha / t))
+                del ins, fused, fused_mma, mha, unfused
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     head = ("model", "batch", "context", "path", "us/step", "MB read/step", "GB/s", "x mha")
@@ -228,6 +234,7 @@ def tune(td, device, dry, timer):
     else:
         opts = [(b, w, 3, 8) for b, w in ((16, 1), (32, 1), (32, 2), (32, 4), (64, 2), (64, 4), (128, 4))]
         opts += [(32, 2, 3, 16), (32, 1, 3, 16), (64, 4, 3, 16)]
+    mma_opts = [(16, 4, 2, 4), (32, 4, 2, 8)] if dry else [(b, w, 3, p) for b in (32, 64, 128) for w in (4, 8) for p in (4, 8)]
     for B, H, D, L in shapes:
         q = torch.randn(B, H, D, device=device, dtype=torch.bfloat16)
         s = torch.randn(B, H, L, D, device=device, dtype=torch.bfloat16)
@@ -237,6 +244,9 @@ def tune(td, device, dry, timer):
             for b, w, st, per_sm in opts:
                 t = timer([lambda: td.decode_shared_kv(q, s, c, sn, scale=0.125, pairs=False, block=b, num_warps=w, num_stages=st, programs_per_sm=per_sm)])
                 res.append((t, f"b{b} w{w} s{st} p{per_sm}: {t * 1e6:.1f} us {s.numel() * 2 / t / 1e9:.0f} GB/s"))
+            for b, w, st, per_sm in mma_opts:
+                t = timer([lambda: td.decode_shared_kv(q, s, c, sn, scale=0.125, pairs=False, block=b, num_warps=w, num_stages=st, programs_per_sm=per_sm, mma=True)])
+                res.append((t, f"mma b{b} w{w} s{st} p{per_sm}: {t * 1e6:.1f} us {s.numel() * 2 / t / 1e9:.0f} GB/s"))
             t = timer([lambda: td.decode_shared_kv(q, s, c, sn, scale=0.125, pairs=False)])
             print(f"tune B={B} H={H} D={D} L={L} bf16 cache, {label}: default {t * 1e6:.1f} us; " + "; ".join(r for _, r in sorted(res)), flush=True)
 

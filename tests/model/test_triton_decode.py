@@ -72,9 +72,9 @@ def case(B=2, H=4, KV=2, D=48, L=37, pairs=False, rope=True, key="none", dtype=t
     return q, s, cos, sin, gain, eps
 
 
-def check(q, s, cos, sin, gain, eps, pairs, num_splits=None):
+def check(q, s, cos, sin, gain, eps, pairs, num_splits=None, mma=False):
     scale = 1 / math.sqrt(q.shape[-1])
-    y = td.decode_shared_kv(q, s, cos, sin, scale=scale, pairs=pairs, key_gain=gain, key_norm_eps=eps, num_splits=num_splits)
+    y = td.decode_shared_kv(q, s, cos, sin, scale=scale, pairs=pairs, key_gain=gain, key_norm_eps=eps, num_splits=num_splits, mma=mma)
     ref = reference(q, s, cos, sin, scale, pairs, gain, eps)
     assert y.dtype == q.dtype and y.shape == q.shape
     tol = dict(atol=2e-5, rtol=2e-5) if q.dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
@@ -99,12 +99,13 @@ def test_without_rope_keys_are_the_cache(key):
     check(q, s, cos, sin, gain, eps, pairs=False)
 
 
+@pytest.mark.parametrize("mma", [False, True])
 @pytest.mark.parametrize("pairs", [False, True])
 @pytest.mark.parametrize("heads", ["mha", "mqa"])
-def test_bf16_cache_within_bf16_tolerance(heads, pairs):
+def test_bf16_cache_within_bf16_tolerance(heads, pairs, mma):
     H, KV = HEADS[heads]
-    q, s, cos, sin, gain, eps = case(H=H, KV=KV, D=64, pairs=pairs, key="norm", dtype=torch.bfloat16)
-    check(q, s, cos, sin, gain, eps, pairs)
+    q, s, cos, sin, gain, eps = case(H=H, KV=KV, D=64, L=70, pairs=pairs, key="norm", dtype=torch.bfloat16)
+    check(q, s, cos, sin, gain, eps, pairs, num_splits=2, mma=mma)
 
 
 @pytest.mark.parametrize("D", [48, 64])
@@ -118,7 +119,8 @@ def test_several_splits_and_a_ragged_last_tile(D):
     check(q, s, cos, sin, gain, eps, pairs=True, num_splits=2)
 
 
-def test_reads_each_cached_element_once(monkeypatch):
+@pytest.mark.parametrize("mma", [False, True])
+def test_reads_each_cached_element_once(monkeypatch, mma):
     """Counts, in the interpreter, every address the kernel loads: each element of the valid cache
     exactly once, none of the buffer beyond L."""
     from triton.runtime import interpreter
@@ -132,8 +134,8 @@ def test_reads_each_cached_element_once(monkeypatch):
         return original(ptrs, mask, other, cache_policy, is_volatile)
 
     monkeypatch.setattr(builder, "create_masked_load", counting)
-    q, s, cos, sin, gain, eps = case(B=2, H=4, KV=2, D=48, L=300, pairs=False, key="norm", spare=20)
-    td.decode_shared_kv(q, s, cos, sin, scale=0.1, pairs=False, key_gain=gain, key_norm_eps=eps, num_splits=2)
+    q, s, cos, sin, gain, eps = case(B=2, H=4, KV=2, D=48, L=150, pairs=False, key="norm", spare=20, dtype=torch.bfloat16)
+    td.decode_shared_kv(q, s, cos, sin, scale=0.1, pairs=False, key_gain=gain, key_norm_eps=eps, num_splits=2, mma=mma)
     monkeypatch.setattr(builder, "create_masked_load", original)
 
     buf = s._base if s._base is not None else s

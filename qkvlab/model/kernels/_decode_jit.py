@@ -10,6 +10,13 @@ import triton.language as tl
 
 
 @triton.jit
+def _dot32(a, b):
+    """tl.dot of 16-bit operands as fp32 products, exact as the tensor cores' fp32 accumulation is
+    up to summation order: Triton's CPU interpreter mis-multiplies bf16 operands."""
+    return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+
+
+@triton.jit
 def split_kernel(
     Q, S, COS, SIN, GAIN, PM, PL, PACC,
     L, tiles_per_split, n_splits, qk_scale, eps,
@@ -18,6 +25,7 @@ def split_kernel(
     scl, scd, snl, snd, sgd,
     KV, G, GP: tl.constexpr, D: tl.constexpr, D2P: tl.constexpr,
     BLOCK_L: tl.constexpr, PAIRS: tl.constexpr, ROPE: tl.constexpr, KEY_MODE: tl.constexpr, STAGES: tl.constexpr,
+    MMA: tl.constexpr, EMULATE: tl.constexpr,
 ):
     bk = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1)
@@ -42,12 +50,22 @@ def split_kernel(
         g1 = tl.load(GAIN + o1 * sgd, mask=dm, other=0.0).to(tl.float32)
         g2 = tl.load(GAIN + o2 * sgd, mask=dm, other=0.0).to(tl.float32)
 
-    # Every (head, tile row) is its own online-softmax stream, merged once after the loop: the loop
-    # then has no reduction across rows (no shared-memory round trip per tile), only over features.
-    m = tl.full([GP, BLOCK_L], -1e30, tl.float32)
-    lsum = tl.zeros([GP, BLOCK_L], tl.float32)
-    a1 = tl.zeros([GP, BLOCK_L, D2P], tl.float32)
-    a2 = tl.zeros([GP, BLOCK_L, D2P], tl.float32)
+    if MMA:
+        # Tensor-core form for 16-bit caches: the group's heads padded to 16 rows, scores and p @ S as
+        # tl.dot on the cache's dtype, one online-softmax state per head (FlashAttention's).
+        m = tl.full([GP], -1e30, tl.float32)
+        lsum = tl.zeros([GP], tl.float32)
+        a1 = tl.zeros([GP, D2P], tl.float32)
+        a2 = tl.zeros([GP, D2P], tl.float32)
+        qd1 = q1.to(S.dtype.element_ty)
+        qd2 = q2.to(S.dtype.element_ty)
+    else:
+        # Every (head, tile row) is its own online-softmax stream, merged once after the loop: the loop
+        # then has no reduction across rows (no shared-memory round trip per tile), only over features.
+        m = tl.full([GP, BLOCK_L], -1e30, tl.float32)
+        lsum = tl.zeros([GP, BLOCK_L], tl.float32)
+        a1 = tl.zeros([GP, BLOCK_L, D2P], tl.float32)
+        a2 = tl.zeros([GP, BLOCK_L, D2P], tl.float32)
 
     lo = split * tiles_per_split * BLOCK_L
     hi = tl.minimum(lo + tiles_per_split * BLOCK_L, L)
@@ -75,22 +93,44 @@ def split_kernel(
             r2 = k2 * c + k1 * sn
             k1 = r1
             k2 = r2
-        qk = tl.sum(q1[:, None, :] * k1[None, :, :], axis=2) + tl.sum(q2[:, None, :] * k2[None, :, :], axis=2)
-        qk = tl.where(pm[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m, qk)
-        alpha = tl.exp2(m - m_new)
-        p = tl.exp2(qk - m_new)
-        lsum = lsum * alpha + p
-        a1 = a1 * alpha[:, :, None] + p[:, :, None] * s1[None, :, :]
-        a2 = a2 * alpha[:, :, None] + p[:, :, None] * s2[None, :, :]
-        m = m_new
+        if MMA:
+            kd1 = k1.to(S.dtype.element_ty)
+            kd2 = k2.to(S.dtype.element_ty)
+            if EMULATE:
+                qk = _dot32(qd1, tl.trans(kd1)) + _dot32(qd2, tl.trans(kd2))
+            else:
+                qk = tl.dot(qd1, tl.trans(kd1)) + tl.dot(qd2, tl.trans(kd2))
+            qk = tl.where(pm[None, :], qk, float("-inf"))
+            m_new = tl.maximum(m, tl.max(qk, axis=1))
+            alpha = tl.exp2(m - m_new)
+            p = tl.exp2(qk - m_new[:, None])
+            lsum = lsum * alpha + tl.sum(p, axis=1)
+            pd = p.to(S.dtype.element_ty)
+            if EMULATE:
+                a1 = a1 * alpha[:, None] + _dot32(pd, s1)
+                a2 = a2 * alpha[:, None] + _dot32(pd, s2)
+            else:
+                a1 = a1 * alpha[:, None] + tl.dot(pd, s1.to(S.dtype.element_ty))
+                a2 = a2 * alpha[:, None] + tl.dot(pd, s2.to(S.dtype.element_ty))
+            m = m_new
+        else:
+            qk = tl.sum(q1[:, None, :] * k1[None, :, :], axis=2) + tl.sum(q2[:, None, :] * k2[None, :, :], axis=2)
+            qk = tl.where(pm[None, :], qk, float("-inf"))
+            m_new = tl.maximum(m, qk)
+            alpha = tl.exp2(m - m_new)
+            p = tl.exp2(qk - m_new)
+            lsum = lsum * alpha + p
+            a1 = a1 * alpha[:, :, None] + p[:, :, None] * s1[None, :, :]
+            a2 = a2 * alpha[:, :, None] + p[:, :, None] * s2[None, :, :]
+            m = m_new
 
-    mx = tl.max(m, axis=1)
-    w = tl.exp2(m - mx[:, None])
-    lsum = tl.sum(lsum * w, axis=1)
-    a1 = tl.sum(a1 * w[:, :, None], axis=1)
-    a2 = tl.sum(a2 * w[:, :, None], axis=1)
-    m = mx
+    if not MMA:
+        mx = tl.max(m, axis=1)
+        w = tl.exp2(m - mx[:, None])
+        lsum = tl.sum(lsum * w, axis=1)
+        a1 = tl.sum(a1 * w[:, :, None], axis=1)
+        a2 = tl.sum(a2 * w[:, :, None], axis=1)
+        m = mx
 
     part = bk * n_splits + split
     tl.store(PM + part * G + g, m, mask=gm)

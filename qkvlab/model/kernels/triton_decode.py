@@ -98,6 +98,7 @@ def decode_shared_kv(
     num_warps: Optional[int] = None,
     num_stages: Optional[int] = None,
     programs_per_sm: Optional[int] = None,
+    mma: bool = False,
 ) -> torch.Tensor:
     """softmax(scale * q · keys(S)ᵀ) @ S for one new token, accumulated in fp32, in q's dtype.
 
@@ -107,7 +108,9 @@ def decode_shared_kv(
     pairs: layout of q and s (False rotate-half, True side by side); key_gain (D,) in s's layout
     scales the keys, after an RMSNorm with eps key_norm_eps when that is given. The rest override
     the launch plan (tests, tuning): num_splits of L, block (cache rows per tile, a power of two),
-    num_warps, num_stages (loads in flight per program), programs_per_sm (the split target)."""
+    num_warps, num_stages (loads in flight per program), programs_per_sm (the split target);
+    mma=True (bf16/fp16 caches only; not yet timed on a GPU) computes scores and p @ S with
+    tl.dot on tensor cores, keys and probabilities rounded to the cache's dtype first."""
     from . import _decode_jit as jit
 
     B, H, D = q.shape
@@ -121,8 +124,10 @@ def decode_shared_kv(
         raise ValueError("decode_shared_kv: key_norm_eps needs key_gain (the key norm's weight)")
     if key_gain is not None and key_gain.shape != (D,):
         raise ValueError(f"decode_shared_kv: key_gain must be ({D},), got {tuple(key_gain.shape)}")
+    if mma and s.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"decode_shared_kv: mma=True needs a bf16 or fp16 cache, not {s.dtype}")
     G = H // KV
-    block = block or block_rows(G, D)
+    block = block or (64 if mma else block_rows(G, D))
     per, n_splits = plan_splits(B * KV, L, block, s.device, num_splits, programs_per_sm or PROGRAMS_PER_SM)
     f32 = dict(device=q.device, dtype=torch.float32)
     pm = torch.empty(B * KV * n_splits * G, **f32)
@@ -141,9 +146,9 @@ def decode_shared_kv(
         cs.stride(0) if rope else 0, cs.stride(1) if rope else 0,
         sn.stride(0) if rope else 0, sn.stride(1) if rope else 0,
         gain.stride(0) if key_gain is not None else 0,
-        KV, G, GP=_pow2(G), D=D, D2P=_pow2(D // 2), BLOCK_L=block,
+        KV, G, GP=max(16, _pow2(G)) if mma else _pow2(G), D=D, D2P=max(16, _pow2(D // 2)) if mma else _pow2(D // 2), BLOCK_L=block,
         PAIRS=bool(pairs), ROPE=rope, KEY_MODE=key_mode,
-        STAGES=num_stages or NUM_STAGES, num_warps=num_warps or NUM_WARPS,
+        STAGES=num_stages or NUM_STAGES, MMA=mma, EMULATE=q.device.type == "cpu", num_warps=num_warps or NUM_WARPS,
     )
     jit.reduce_kernel[(B * H,)](pm, pl, pacc, y, n_splits, G, D=D, DP=_pow2(D), NSP=_pow2(n_splits))
     return y
