@@ -1,19 +1,22 @@
-"""The Triton decode kernel for one-tensor caches, run in Triton's CPU interpreter, against
-attention.py's own RoPE and SDPA, and a count of its loads showing it reads the cache once."""
+"""The Triton decode kernel for one-tensor caches against attention.py's own RoPE and SDPA (in
+Triton's CPU interpreter without a GPU, on the GPU with one), and a count of its loads in the
+interpreter showing it reads the cache once."""
 
 import math
 import os
 
-# Triton decides at decoration time, its own library functions included, whether a kernel runs in
-# the interpreter: this must precede the first `import triton` of the session. Test modules are
-# imported at collection, before any test runs (torch.compile imports triton too; on CPU it works
-# the same with this set).
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+# Without a GPU the kernel runs in Triton's interpreter. Triton decides at decoration time, its own
+# library functions included, whether a kernel is interpreted: this must precede the session's first
+# `import triton`. Test modules are imported at collection, before any test runs (torch.compile
+# imports triton too; on CPU it works the same with this set). With a GPU the tests run the kernel on it.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu":
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from qkvlab.model.attention import rotate, rotate_pairs, to_pairs  # noqa: E402
 from qkvlab.model.kernels import triton_decode as td  # noqa: E402
@@ -22,7 +25,7 @@ from qkvlab.model.kernels import triton_decode as td  # noqa: E402
 def interpreted() -> bool:
     import triton.language as tl
 
-    return type(tl.zeros).__name__ == "InterpretedFunction"
+    return DEVICE == "cuda" or type(tl.zeros).__name__ == "InterpretedFunction"
 
 
 pytestmark = [
@@ -61,11 +64,11 @@ def reference(q, s, cos, sin, scale, pairs, gain, eps):
 def case(B=2, H=4, KV=2, D=48, L=37, pairs=False, rope=True, key="none", dtype=torch.float32, spare=5, seed=0):
     """Inputs in the cache's real form: s a view of the first L rows of a longer buffer."""
     g = torch.Generator().manual_seed(seed)
-    buf = torch.randn(B, KV, L + spare, D, generator=g).to(dtype)
+    buf = torch.randn(B, KV, L + spare, D, generator=g).to(DEVICE, dtype)
     s = buf[:, :, :L]
-    q = torch.randn(B, H, D, generator=g).to(dtype)
-    cos, sin = tables(L, D) if rope else (None, None)
-    gain = (1 + 0.3 * torch.randn(D, generator=g)).to(dtype) if key != "none" else None
+    q = torch.randn(B, H, D, generator=g).to(DEVICE, dtype)
+    cos, sin = [t.to(DEVICE) for t in tables(L, D)] if rope else (None, None)
+    gain = (1 + 0.3 * torch.randn(D, generator=g)).to(DEVICE, dtype) if key != "none" else None
     eps = 1e-6 if key == "norm" else None
     if pairs and gain is not None:
         gain = to_pairs(gain)
@@ -76,7 +79,7 @@ def check(q, s, cos, sin, gain, eps, pairs, num_splits=None, mma=False):
     scale = 1 / math.sqrt(q.shape[-1])
     y = td.decode_shared_kv(q, s, cos, sin, scale=scale, pairs=pairs, key_gain=gain, key_norm_eps=eps, num_splits=num_splits, mma=mma)
     ref = reference(q, s, cos, sin, scale, pairs, gain, eps)
-    assert y.dtype == q.dtype and y.shape == q.shape
+    assert y.device == q.device and y.dtype == q.dtype and y.shape == q.shape
     tol = dict(atol=2e-5, rtol=2e-5) if q.dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(y.float(), ref, **tol)
 
@@ -119,6 +122,7 @@ def test_several_splits_and_a_ragged_last_tile(D):
     check(q, s, cos, sin, gain, eps, pairs=True, num_splits=2)
 
 
+@pytest.mark.skipif(DEVICE == "cuda", reason="counts loads in Triton's CPU interpreter")
 @pytest.mark.parametrize("mma", [False, True])
 def test_reads_each_cached_element_once(monkeypatch, mma):
     """Counts, in the interpreter, every address the kernel loads: each element of the valid cache
