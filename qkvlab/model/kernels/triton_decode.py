@@ -35,9 +35,9 @@ from typing import Optional
 import torch
 
 LOG2E = 1.4426950408889634
-# The launch plan, from a sweep on an H200 (triton 3.6, bf16 cache, d_head 64; scripts/bench_gpu_decode.py
-# --tune): 32 rows per tile, 2 warps, 3 loads in flight, 8 programs per SM came within 5% of the best
-# of 20 plans both for one sequence at 32768 tokens and for 16 at 8192.
+# The launch plan, from a sweep on an H200 (triton 3.6, bf16 cache, d_head 64, fp32 tables,
+# scripts/bench_gpu_decode.py --tune): 32 rows per tile, 2 warps, 3 loads in flight, 8 programs per SM
+# came within 7% of the best of 21 plans both for one sequence at 32768 tokens and for 16 at 8192.
 PROGRAMS_PER_SM = 8
 # Upper bound on elements of one (heads x rows x half-features) accumulator, to stay in registers.
 TILE_ELEMENTS = 1024
