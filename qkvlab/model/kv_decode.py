@@ -55,7 +55,7 @@ def _kernel(device_type: str, dtype: torch.dtype, heads: int, kv_heads: int, d_h
             from qkvlab.model.kernels import triton_decode
         except ImportError:
             return None
-        if triton_decode.available() and triton_decode.supports(heads, kv_heads, d_head):
+        if d_head % 2 == 0 and d_head <= 256 and triton_decode.available():
             return "triton"
     return None
 
