@@ -6,6 +6,7 @@ the overrides eval and generate accept and the device and precision they run at.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +20,7 @@ from qkvlab.data import MISSING, DataSource, build_data, check_same_data
 from qkvlab.model import Transformer
 from qkvlab.rundir import Run, load_run
 from qkvlab.train.from_run import FINAL_CHECKPOINT, read_finished_run
-from qkvlab.train.device import autocast, compute_dtype, pick_device, resolve_precision
+from qkvlab.train.device import compute_dtype, inference_model, pick_device, resolve_precision
 
 # What a trained run is: overriding any of these would score the weights with other token ids, another
 # task or another model. (Scoring other text with the run's tokenizer is downstream evaluation's job.)
@@ -42,7 +43,8 @@ class TrainedRun:
     data_identity: object = MISSING
 
     def amp(self):
-        return autocast(self.device, self.precision)
+        """Nothing to autocast: the model was cast once to the inference dtype (`inference_model`)."""
+        return contextlib.nullcontext()
 
     def data(self, cfg: Config | None = None) -> DataSource:
         """The run's data (at `cfg`, e.g. another context length), refused unless it is what the run trained on."""
@@ -80,4 +82,5 @@ def load_trained(run_dir: Path | str, overrides: Sequence[str] = ()) -> TrainedR
     device = pick_device(cfg.train.device)
     precision = resolve_precision(cfg.train.precision, device)
     payload = finished.payload
-    return TrainedRun(finished.run, cfg, finished.model(device), device, precision, payload["step"], payload.get("data", MISSING))
+    model = inference_model(finished.model(device), precision)
+    return TrainedRun(finished.run, cfg, model, device, precision, payload["step"], payload.get("data", MISSING))
