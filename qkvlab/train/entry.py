@@ -28,7 +28,6 @@ its exit code without repeating its messages.
 
 from __future__ import annotations
 
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -53,13 +52,16 @@ _DROPPED = ("hydra.run.dir=", "hydra.sweep.dir=", "train.resume=", "+train.resum
 
 
 def resume_command(run_dir: Path, multirun: bool) -> str:
-    """The command line that continues this run (or this sweep) where it stopped."""
+    """The command line that continues this run (or this sweep) where it stopped: under torchrun, a
+    torchrun command with the options it was started with."""
+    from qkvlab.train.cluster import quoted, resume_prefix
+
     args = [a for a in sys.argv[1:] if not a.startswith(_DROPPED)]
     if multirun:
         args.append(f"hydra.sweep.dir={Path(HydraConfig.get().sweep.dir).resolve()}")
     else:
         args.append(f"hydra.run.dir={run_dir.resolve()}")
-    return " ".join(["qkvlab", "train", *(shlex.quote(a) for a in args)])
+    return quoted([*resume_prefix(sys.argv[1:]), *args])
 
 
 def classify(exc: BaseException, run_dir: Path) -> tuple[int, str]:
@@ -84,8 +86,10 @@ class JobResult(dict):
 
 
 def train_job(cfg: DictConfig) -> JobResult | None:
+    from qkvlab.train.cluster import adopt_submitit_tasks
     from qkvlab.train.distributed import Gate, session  # torch loads here, not for --help/--cfg
 
+    adopt_submitit_tasks()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     with session(cfg.train.parallel, cfg.train.device) as world:
@@ -103,6 +107,7 @@ def train_job(cfg: DictConfig) -> JobResult | None:
 def follow_job(cfg: DictConfig, run_dir: Path, multirun: bool, world) -> None:
     """A rank other than 0: wait for rank 0's go, train, and leave with the code rank 0 leaves with.
     Rank 0 prints what went wrong; this rank speaks only of a failure of its own."""
+    from qkvlab.train.cluster import leave_together
     from qkvlab.train.distributed import GO, PeerFailed
     from qkvlab.train.loop import Diverged
     from qkvlab.train.run import run
@@ -117,6 +122,7 @@ def follow_job(cfg: DictConfig, run_dir: Path, multirun: bool, world) -> None:
         return None
     except Preempted as exc:
         code = exit_code(exc.signum)
+        leave_together(world)
     except KeyboardInterrupt:
         code = 130
     except PeerFailed:
@@ -169,12 +175,20 @@ def _train_job(cfg: DictConfig, run_dir: Path, multirun: bool, world, gate) -> J
     try:
         return JobResult(run(typed, run_dir, identity, list(HydraConfig.get().overrides.task), multirun, world))
     except Preempted as exc:
+        from qkvlab.train.cluster import leave_together, requeue
+
         name = signal.Signals(exc.signum).name
         print(
             f"qkvlab: stopped by {name} at step {exc.step}, checkpoint {exc.checkpoint}; "
             f"resume with: {resume_command(run_dir, multirun)}",
             flush=True,
         )
+        try:
+            refused = requeue(exc.signum)
+            if refused:
+                print(f"qkvlab: submitit did not requeue the job: {refused}", flush=True)
+        finally:
+            leave_together(world)
         raise SystemExit(exit_code(exc.signum))
     except KeyboardInterrupt:
         fail(f"interrupted without a checkpoint; the run directory {run_dir} says status: interrupted", code=130)
