@@ -28,6 +28,7 @@ its exit code without repeating its messages.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -56,12 +57,21 @@ def resume_command(run_dir: Path, multirun: bool) -> str:
     torchrun command with the options it was started with."""
     from qkvlab.train.cluster import quoted, resume_prefix
 
-    args = [a for a in sys.argv[1:] if not a.startswith(_DROPPED)]
+    args = [a for a in launched_args() if not a.startswith(_DROPPED)]
     if multirun:
         args.append(f"hydra.sweep.dir={Path(HydraConfig.get().sweep.dir).resolve()}")
     else:
         args.append(f"hydra.run.dir={run_dir.resolve()}")
     return quoted([*resume_prefix(sys.argv[1:]), *args])
+
+
+def launched_args() -> list[str]:
+    """`qkvlab train`'s arguments. A submitit task's own are submitit's: there they are the job's overrides,
+    with the launcher's, as a sweep of one job that the launcher sends to the same sweep directory."""
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        given = HydraConfig.get().overrides
+        return ["-m", *(a for a in given.hydra if not a.startswith("hydra.mode=")), *given.task]
+    return sys.argv[1:]
 
 
 def classify(exc: BaseException, run_dir: Path) -> tuple[int, str]:
