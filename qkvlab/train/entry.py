@@ -16,14 +16,19 @@ Exit codes of `qkvlab train` (a single run):
   2    bad input: config, paths, a checkpoint that does not fit
   3    diverged: non-finite loss or gradients beyond train.on_nonfinite
   130  stopped by SIGINT, 143 by SIGTERM: a checkpoint was written; the
-       printed command resumes the run
+       printed command resumes the run (under torchrun, a torchrun command)
+  140  stopped by submitit's SIGUSR2 where submitit did not requeue the job
+       (it says why); where it did, the task exits as submitit makes it
 In a sweep (-m) a failing job does not stop the others; the sweep ends with a
 table of the jobs that did not complete and exits 1 if there were any.
 
 Under torchrun (train.parallel=auto|ddp) every rank runs this job. Rank 0
 takes the lock and makes every decision above; the other ranks wait for its
 go (qkvlab/train/distributed.py Gate), train in step with it, and stop with
-its exit code without repeating its messages.
+its exit code without repeating its messages. A signal to any rank stops every
+rank at the same step (qkvlab/train/signals.py); the others leave only after
+rank 0 has checkpointed, printed the resume command and, under submitit,
+requeued the job (qkvlab/train/cluster.py).
 """
 
 from __future__ import annotations
