@@ -104,7 +104,9 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
             where = f" (sweep job {i}: {' '.join(map(shorten, job))})" if multirun and len(jobs) > 1 else ""
             try:
                 root = compose(config_name, overrides=[*job, *extra], return_hydra_config=writes)
+                tasks = {}
                 if writes:
+                    tasks = launcher_tasks(root)
                     check_run_dir_names(root, job, multirun)
                     targets += output_dirs(root, multirun)
                     with open_dict(root):
@@ -114,10 +116,10 @@ def precheck(overrides: Sequence[str], multirun: bool, config_name: str, config_
                     from qkvlab.train.init_from import check_init_from
 
                     check_init_from(typed)
-                if typed.train.parallel != "auto" or "WORLD_SIZE" in os.environ:  # under torchrun, or asked for
+                if typed.train.parallel != "auto" or "WORLD_SIZE" in os.environ or tasks:  # under torchrun or submitit, or asked for
                     from qkvlab.train.distributed import check_parallel
 
-                    check_parallel(typed)
+                    check_parallel(typed, tasks or os.environ)
                 if typed.train.device in ("cuda", "mps"):  # torch is imported only for these
                     from qkvlab.train.device import check_device
 
@@ -146,6 +148,15 @@ def output_dirs(root: DictConfig, multirun: bool) -> list[tuple[str, Path, bool]
     except Exception:  # an interpolation only Hydra's launcher can resolve (hydra.job.num)
         return [("hydra.sweep.dir", top, True)]
     return [("hydra.sweep.dir", top, True), ("hydra.sweep.dir", sub, False)]
+
+
+def launcher_tasks(root: DictConfig) -> dict[str, str]:
+    """The WORLD_SIZE each job of a submitit launcher with several tasks (nodes x tasks_per_node) will run with."""
+    launcher = root.hydra.get("launcher") or {}
+    if "submitit" not in str(launcher.get("_target_", "")):
+        return {}
+    tasks = int(launcher.get("nodes", 1) or 1) * int(launcher.get("tasks_per_node", 1) or 1)
+    return {"WORLD_SIZE": str(tasks)} if tasks > 1 else {}
 
 
 def check_output_dirs(targets: list[tuple[str, Path, bool]]) -> None:

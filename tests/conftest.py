@@ -74,6 +74,17 @@ def run_cli(tmp_path):
     return _run
 
 
+@pytest.fixture
+def run_command(tmp_path):
+    """Run a printed command line (argv) as a user would, with cwd=tmp_path and the CLI tests' environment."""
+
+    def _run(argv: list[str], timeout: float = 120, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        env = {**qkvlab_env(tmp_path), **(env_extra or {})}
+        return subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+    return _run
+
+
 def free_port() -> int:
     import socket
 
@@ -84,11 +95,14 @@ def free_port() -> int:
 
 @pytest.fixture
 def torchrun(tmp_path):
-    """Run `torchrun --nproc_per_node=N ARGS...` (python -m torch.distributed.run) with cwd=tmp_path."""
+    """Run `torchrun --nproc_per_node=N ARGS...` (python -m torch.distributed.run) with cwd=tmp_path;
+    with background=True, start it and return the Popen (for tests that signal a rank)."""
 
-    def _run(args: list[str], nproc: int = 2, timeout: float = 120) -> subprocess.CompletedProcess:
+    def _run(args: list[str], nproc: int = 2, timeout: float = 120, background: bool = False):
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={free_port()}", *args]
         env = {**qkvlab_env(tmp_path), "OMP_NUM_THREADS": "1"}
+        if background:
+            return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
 
     return _run

@@ -68,3 +68,19 @@ def test_a_missing_launcher_plugin_is_one_line_naming_the_extra(capsys):
         precheck(["experiment=ci_smoke", "hydra/launcher=nope"], True, "config", None)
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "hydra/launcher=nope" in err and "pip install 'qkvlab[sweep]'" in err
+
+
+def test_a_submitit_job_of_several_tasks_checks_its_batch_against_the_tasks_at_start_up(tmp_path, monkeypatch, capsys):
+    """Each task of a submitit job is one rank, so the global batch must split over nodes x tasks_per_node
+    before anything is sent to the cluster, not in every task of every job."""
+    from qkvlab.cli import precheck
+
+    register_configs()
+    monkeypatch.chdir(tmp_path)
+    launcher = ["hydra/launcher=submitit_slurm", "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=2"]
+    with pytest.raises(SystemExit) as exc:
+        precheck(["data.batch_size=6", *launcher], True, "config", None)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("qkvlab: error: data.batch_size=6 is the global batch, split over the 4 processes"), err
+    precheck(["data.batch_size=8", *launcher], True, "config", None)

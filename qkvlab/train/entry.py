@@ -16,19 +16,24 @@ Exit codes of `qkvlab train` (a single run):
   2    bad input: config, paths, a checkpoint that does not fit
   3    diverged: non-finite loss or gradients beyond train.on_nonfinite
   130  stopped by SIGINT, 143 by SIGTERM: a checkpoint was written; the
-       printed command resumes the run
+       printed command resumes the run (under torchrun, a torchrun command)
+  140  stopped by submitit's SIGUSR2 where submitit did not requeue the job
+       (it says why); where it did, the task exits as submitit makes it
 In a sweep (-m) a failing job does not stop the others; the sweep ends with a
 table of the jobs that did not complete and exits 1 if there were any.
 
 Under torchrun (train.parallel=auto|ddp) every rank runs this job. Rank 0
 takes the lock and makes every decision above; the other ranks wait for its
 go (qkvlab/train/distributed.py Gate), train in step with it, and stop with
-its exit code without repeating its messages.
+its exit code without repeating its messages. A signal to any rank stops every
+rank at the same step (qkvlab/train/signals.py); the others leave only after
+rank 0 has checkpointed, printed the resume command and, under submitit,
+requeued the job (qkvlab/train/cluster.py).
 """
 
 from __future__ import annotations
 
-import shlex
+import os
 import signal
 import sys
 from pathlib import Path
@@ -53,13 +58,25 @@ _DROPPED = ("hydra.run.dir=", "hydra.sweep.dir=", "train.resume=", "+train.resum
 
 
 def resume_command(run_dir: Path, multirun: bool) -> str:
-    """The command line that continues this run (or this sweep) where it stopped."""
-    args = [a for a in sys.argv[1:] if not a.startswith(_DROPPED)]
+    """The command line that continues this run (or this sweep) where it stopped: under torchrun, a
+    torchrun command with the options it was started with."""
+    from qkvlab.train.cluster import quoted, resume_prefix
+
+    args = [a for a in launched_args() if not a.startswith(_DROPPED)]
     if multirun:
         args.append(f"hydra.sweep.dir={Path(HydraConfig.get().sweep.dir).resolve()}")
     else:
         args.append(f"hydra.run.dir={run_dir.resolve()}")
-    return " ".join(["qkvlab", "train", *(shlex.quote(a) for a in args)])
+    return quoted([*resume_prefix(sys.argv[1:]), *args])
+
+
+def launched_args() -> list[str]:
+    """`qkvlab train`'s arguments. A submitit task's own are submitit's: there they are the job's overrides,
+    with the launcher's, as a sweep of one job that the launcher sends to the same sweep directory."""
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        given = HydraConfig.get().overrides
+        return ["-m", *(a for a in given.hydra if not a.startswith("hydra.mode=")), *given.task]
+    return sys.argv[1:]
 
 
 def classify(exc: BaseException, run_dir: Path) -> tuple[int, str]:
@@ -84,8 +101,10 @@ class JobResult(dict):
 
 
 def train_job(cfg: DictConfig) -> JobResult | None:
+    from qkvlab.train.cluster import adopt_submitit_tasks
     from qkvlab.train.distributed import Gate, session  # torch loads here, not for --help/--cfg
 
+    adopt_submitit_tasks()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     with session(cfg.train.parallel, cfg.train.device) as world:
@@ -103,6 +122,7 @@ def train_job(cfg: DictConfig) -> JobResult | None:
 def follow_job(cfg: DictConfig, run_dir: Path, multirun: bool, world) -> None:
     """A rank other than 0: wait for rank 0's go, train, and leave with the code rank 0 leaves with.
     Rank 0 prints what went wrong; this rank speaks only of a failure of its own."""
+    from qkvlab.train.cluster import leave_together
     from qkvlab.train.distributed import GO, PeerFailed
     from qkvlab.train.loop import Diverged
     from qkvlab.train.run import run
@@ -117,6 +137,7 @@ def follow_job(cfg: DictConfig, run_dir: Path, multirun: bool, world) -> None:
         return None
     except Preempted as exc:
         code = exit_code(exc.signum)
+        leave_together(world)
     except KeyboardInterrupt:
         code = 130
     except PeerFailed:
@@ -169,12 +190,20 @@ def _train_job(cfg: DictConfig, run_dir: Path, multirun: bool, world, gate) -> J
     try:
         return JobResult(run(typed, run_dir, identity, list(HydraConfig.get().overrides.task), multirun, world))
     except Preempted as exc:
+        from qkvlab.train.cluster import leave_together, requeue
+
         name = signal.Signals(exc.signum).name
         print(
             f"qkvlab: stopped by {name} at step {exc.step}, checkpoint {exc.checkpoint}; "
             f"resume with: {resume_command(run_dir, multirun)}",
             flush=True,
         )
+        try:
+            refused = requeue(exc.signum)
+            if refused:
+                print(f"qkvlab: submitit did not requeue the job: {refused}", flush=True)
+        finally:
+            leave_together(world)
         raise SystemExit(exit_code(exc.signum))
     except KeyboardInterrupt:
         fail(f"interrupted without a checkpoint; the run directory {run_dir} says status: interrupted", code=130)

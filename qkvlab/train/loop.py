@@ -290,7 +290,7 @@ class Trainer:
 
     def validate(self, stop: StopRequest | None = None) -> dict[str, float] | None:
         """Validation metrics, or None when a stop request cut the pass short."""
-        asked = (lambda: stop.requested) if stop is not None else None
+        asked = (lambda: stop.poll() is not None) if stop is not None else None
         return evaluate(self.model, self.data.val_batches(), self.device, self.amp, self.data.exact_match, asked, self.world)
 
     def _evaluate_step(self, writer: MetricsWriter, stop: StopRequest | None) -> None:
@@ -300,7 +300,7 @@ class Trainer:
         if val is None:
             st.eval_owed = True
             self.save()
-            raise Preempted(stop.signum, st.step, self.last_checkpoint)
+            raise Preempted(stop.agreed, st.step, self.last_checkpoint)
         st.eval_owed = False
         st.val = val
         writer.log(st.step, tokens_after(self.cfg, st.step), val)
@@ -381,7 +381,8 @@ class Trainer:
             pending.append((done, finite))
             log_now = done % t.log_every == 0 or done == t.steps
             eval_now = done % t.eval_every == 0 or done == t.steps
-            preempted = stop is not None and stop.requested and done < t.steps
+            # Every rank polls at every step, so all of them stop at the same one.
+            preempted = stop is not None and stop.poll() is not None and done < t.steps
             save_now = done % t.checkpoint_every == 0 or done == t.steps or preempted
             if not self.skip_on_device or log_now or eval_now or save_now:
                 self.settle(pending)
@@ -445,8 +446,10 @@ class Trainer:
                 tick = time.perf_counter()
             if preempted:
                 bar.close()
-                raise Preempted(stop.signum, done, self.last_checkpoint)
+                raise Preempted(stop.agreed, done, self.last_checkpoint)
         bar.close()
+        if stop is not None:
+            stop.settle()
         bad = {k: v for k, v in st.val.items() if not math.isfinite(v)}
         if bad:
             raise Diverged(

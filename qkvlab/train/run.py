@@ -95,7 +95,7 @@ def run(
     write_run_file(run_dir, {**meta, **(identity or {})})
     write_json_atomic(run_dir / "summary.json", {**base_summary(cfg, None), "status": "running"})
     try:
-        with StopRequest() as stop:
+        with StopRequest(world) as stop:
             trainer = Trainer(cfg, run_dir, world)
             world.from_main(lambda: restore(trainer, run_dir))
             writer = MetricsWriter(run_dir, make_sinks(cfg, run_dir, trainer.info, meta["wandb_id"], overrides, in_sweep))
@@ -117,14 +117,13 @@ def run(
 
 def follow(cfg: Config, run_dir: Path, world: World) -> dict[str, Any]:
     """A rank other than 0: train in step with rank 0, from the checkpoint it chose, writing nothing.
-
-    It does not catch SIGTERM: stopping every rank at one step boundary is not built yet, and a rank
-    that waited for a step boundary rank 0 never reaches would hang instead of ending."""
-    trainer = Trainer(cfg, run_dir, world)
-    chosen = world.from_main(lambda: None)
-    if chosen is not None:
-        trainer.load_state_dict(read_checkpoint(chosen), chosen)
-    return trainer.fit(NoWriter())
+    A signal to this rank stops every rank at the same step boundary (StopRequest's vote)."""
+    with StopRequest(world) as stop:
+        trainer = Trainer(cfg, run_dir, world)
+        chosen = world.from_main(lambda: None)
+        if chosen is not None:
+            trainer.load_state_dict(read_checkpoint(chosen), chosen)
+        return trainer.fit(NoWriter(), stop)
 
 
 def _fmt_int(n: int) -> str:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shlex
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,7 @@ from qkvlab.checks import compose_config
 from qkvlab.config import CONF_DIR
 from qkvlab.errors import ConfigError
 from qkvlab.runlock import hold
+from qkvlab.train.checkpoint import read_checkpoint, step_checkpoints
 from qkvlab.train.distributed import World, check_parallel, resolve_parallel
 from qkvlab.train.loop import Trainer
 from qkvlab.train.run import run
@@ -141,3 +146,46 @@ def test_every_variant_uses_all_its_parameters_under_ddp(variant, process_group,
     assert trainer.ddp is not None
     for step in range(2):
         trainer.train_step(step)
+
+
+def rank_pid(launcher_pid: int, rank: int) -> int:
+    """The pid of the worker torchrun started as RANK=`rank`."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = dict(v.split(b"=", 1) for v in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in v)
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == launcher_pid and env.get(b"RANK") == str(rank).encode():
+            return int(pid)
+    raise AssertionError(f"no worker with RANK={rank} under pid {launcher_pid}")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_every_rank_at_one_step_and_the_printed_torchrun_command_resumes(tmp_path, torchrun, run_command, kit):
+    """SIGTERM to rank 1 alone: both ranks stop at the same step boundary (or the next all-reduce would
+    hang), rank 0 writes one checkpoint, every rank exits 143, and the printed command, a torchrun
+    command, resumes and ends with the metrics of an uninterrupted run."""
+    args = [*kit.TINY, "train.steps=150", "train.checkpoint_every=1000"]
+    proc = torchrun(["-m", "qkvlab", "train", *args, "hydra.run.dir=run"], background=True)
+    run_dir = tmp_path / "run"
+    kit.wait_for_step(proc, run_dir, 5)
+    os.kill(rank_pid(proc.pid, 1), signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out[-2000:]
+    assert err.count("exitcode  : 143") == 2, err[-3000:]  # torchrun itself exits 1 when a worker fails
+    (step, path), = step_checkpoints(run_dir)
+    assert 5 <= step < 150 and read_checkpoint(path)["step"] == step
+    assert kit.summary(run_dir)["status"] == "interrupted"
+    hint = [line for line in out.splitlines() if "resume with:" in line]
+    assert len(hint) == 1 and f"stopped by SIGTERM at step {step}" in hint[0], out[-3000:]
+    command = shlex.split(hint[0].split("resume with: ", 1)[1])
+    assert command[:3] == ["python", "-m", "torch.distributed.run"] and "--nproc_per_node=2" in command, command
+    assert command[-1] == f"hydra.run.dir={run_dir.resolve()}"
+
+    resumed = run_command([sys.executable, *command[1:]], env_extra=kit.ENV)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {path}" in resumed.stdout
+    run(compose_config(args), tmp_path / "one")
+    assert_same_rows(kit.metrics(run_dir), kit.metrics(tmp_path / "one"))
+    assert kit.summary(run_dir)["status"] == "completed" and kit.summary(run_dir)["world_size"] == 2

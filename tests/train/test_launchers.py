@@ -80,3 +80,56 @@ def test_a_joblib_job_killed_like_the_oom_killer_does_leaves_the_others_running(
     assert status["s1"]["status"] == "failed" and "SIGKILL" in status["s1"]["error"]
     table = out[out.index("1 of 3 jobs did not complete"):]
     assert "mha-sort-s1-" in table and "SIGKILL" in table
+
+
+def submitit_tasks(folder) -> list[int]:
+    """The pids of the submitit tasks running jobs whose files are under `folder`."""
+    import os
+
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"submitit.core._submit" in argv and any(str(folder).encode() in a for a in argv):
+            pids.append(int(pid))
+    return pids
+
+
+@pytest.mark.slow
+def test_a_two_task_submitit_job_trains_as_two_ranks_and_requeues_itself_on_submitits_signal(start_cli, tmp_path, kit):
+    """hydra/launcher=submitit_local runs the launcher SLURM runs (tasks_per_node=2: two ranks). SIGUSR2,
+    what SLURM sends before the time limit or on preemption, to every task: the ranks stop at one step,
+    rank 0 checkpoints and submitit requeues the job, which resumes in its own run directory and ends
+    with the metrics of an uninterrupted run."""
+    import os
+    import signal
+    import time
+
+    from qkvlab.checks import compose_config
+    from qkvlab.train.run import run
+    from tests.train.test_distributed import assert_same_rows
+
+    needs("hydra_submitit_launcher")
+    args = [*kit.TINY, "train.steps=60", "train.checkpoint_every=1000"]
+    launcher = ["hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=60"]
+    proc = start_cli("train", "-m", *args, "name=cluster", *launcher, env_extra=ONE_THREAD)
+    sweep = tmp_path / "outputs" / "cluster"
+    deadline = time.monotonic() + 120
+    while not list(sweep.glob("*/metrics.jsonl")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    run_dir = next(sweep.glob("*/metrics.jsonl")).parent
+    kit.wait_for_step(proc, run_dir, 5)
+    tasks = submitit_tasks(sweep)
+    assert len(tasks) == 2
+    for pid in tasks:
+        os.kill(pid, signal.SIGUSR2)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    log = "".join(p.read_text() for p in sweep.glob(".submitit/*/*_0_log.*"))
+    assert "qkvlab: stopped by SIGUSR2 at step" in log and "Requeued job" in log and "qkvlab: resuming from" in log, log[-3000:]
+    summary = kit.summary(run_dir)
+    assert (summary["status"], summary["world_size"], summary["parallel"]) == ("completed", 2, "ddp")
+    run(compose_config(args), tmp_path / "one")
+    assert_same_rows(kit.metrics(run_dir), kit.metrics(tmp_path / "one"))
