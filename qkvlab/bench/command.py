@@ -21,6 +21,10 @@ DEFAULT_VARIANTS = "mha,k_eq_v,q_eq_k,q_eq_k_eq_v,gqa,k_eq_v_gqa,k_eq_v_mqa"
 # Bench needs causal data for decoding and no W&B run; the user's overrides come after.
 BASE_OVERRIDES = ("data=mqar", "logger=none")
 DEFAULT_CONTEXTS = (512, 1024, 2048)
+# The training sequence length bench picks by default: the model's context, up to this.
+TRAIN_SEQ_CAP = 1024
+# nanoGPT's block at the same shape: what the default block (RoPE, RMSNorm, SwiGLU, no biases) is timed against.
+BLOCKS = {"default": (), "nanogpt": ("model.positions=learned", "model.norm=layernorm", "model.mlp=gelu", "model.bias=true")}
 
 
 def parse_args(args: list[str]) -> argparse.Namespace:
@@ -37,6 +41,12 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks; the median is reported")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--train-seq-len", type=int, default=None,
+                        help=f"training sequence length (default: model.context, at most {TRAIN_SEQ_CAP}); the batch "
+                        "shrinks to keep the data preset's tokens per step unless data.batch_size is given")
+    parser.add_argument("--blocks", default="default",
+                        help="comma-separated blocks to time each variant with: default (the model's), nanogpt "
+                        f"({' '.join(BLOCKS['nanogpt'])})")
     parser.add_argument("--no-loop", action="store_true", help="skip timing the full train loop")
     parser.add_argument("--out", default=None, help="JSON path (default outputs/bench/bench_<model>_<time>.json)")
     parser.add_argument("overrides", nargs="*", help="config overrides as in train, e.g. model=small train.compile=true")
@@ -44,6 +54,13 @@ def parse_args(args: list[str]) -> argparse.Namespace:
     for key in ("steps", "repeats", "decode_tokens"):
         if getattr(ns, key) < 1:
             raise ConfigError(f"--{key.replace('_', '-')}={getattr(ns, key)} must be at least 1")
+    if ns.train_seq_len is not None and ns.train_seq_len < 2:
+        raise ConfigError(f"--train-seq-len={ns.train_seq_len} must be at least 2")
+    blocks = [b.strip() for b in ns.blocks.split(",") if b.strip()]
+    bad = [b for b in blocks if b not in BLOCKS]
+    if bad or not blocks:
+        raise ConfigError(f"--blocks: {bad[0] if bad else 'empty'!r} is not a block; choose from {', '.join(BLOCKS)}")
+    ns.blocks = blocks
     if ns.warmup < 0:
         raise ConfigError(f"--warmup={ns.warmup} must be >= 0")
     if any(o.split("=")[0].lstrip("+~") == "variant" for o in ns.overrides):
@@ -62,18 +79,33 @@ def bench_contexts(requested: Sequence[int] | None, configs: Sequence[Config]) -
     return tuple(sorted(set(requested)))
 
 
-def bench(configs: Sequence[Config], overrides: Sequence[str], opts) -> dict[str, Any]:
+def train_shape(cfg: Config, requested: int | None, overrides: Sequence[str]) -> tuple[int, int]:
+    """(sequence length, batch) bench trains at: the model's context (capped) by default, with the data
+    preset's tokens per step kept unless the user set data.batch_size."""
+    keys = {o.split("=")[0].lstrip("+") for o in overrides}
+    if requested is None and "data.seq_len" in keys:
+        requested = cfg.data.seq_len
+    seq = requested if requested is not None else min(cfg.model.context, TRAIN_SEQ_CAP)
+    if seq > cfg.model.context:
+        raise ConfigError(f"--train-seq-len={seq} is above model.context={cfg.model.context}; give at most {cfg.model.context}")
+    if "data.batch_size" in keys:
+        return seq, cfg.data.batch_size
+    return seq, max(1, cfg.data.batch_size * cfg.data.seq_len // seq)
+
+
+def bench(configs: Sequence[Config], overrides: Sequence[str], opts, names: Sequence[str] | None = None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from qkvlab.bench.peaks import device_peak
     from qkvlab.bench.run import bench_variants
+    from qkvlab.model.kv_decode import policy as decode_policy
     from qkvlab.train.device import pick_device, resolve_precision
 
     first = configs[0]
     device = pick_device(first.train.device)
     precision = resolve_precision(first.train.precision, device)
     peak, peak_source, device_name = device_peak(device, precision)
-    rows = bench_variants(configs, opts, peak, lambda cfgs: tqdm(cfgs, desc="bench: training", unit="variant"))
+    rows = bench_variants(list(configs), opts, peak, lambda cfgs: tqdm(cfgs, desc="bench: training", unit="variant"), list(names or []) or None)
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
@@ -92,7 +124,8 @@ def bench(configs: Sequence[Config], overrides: Sequence[str], opts) -> dict[str
         "batch_size": first.data.batch_size,
         "overrides": list(overrides),
         "timing": {"steps": opts.steps, "repeats": opts.repeats, "warmup": opts.warmup,
-                   "decode_tokens": opts.decode_tokens, "statistic": "median"},
+                   "decode_tokens": opts.decode_tokens, "statistic": "median", "order": "round-robin over variants"},
+        "decode_kernel": decode_policy(),
         "variants": rows,
     }
 
@@ -117,15 +150,32 @@ def format_table(report: dict[str, Any]) -> str:
             *(f"{r['inference'][c]['prefill_tokens_per_s']:,.0f}" for c in contexts),
             *(f"{r['inference'][c]['decode_tokens_per_s']:,.1f}" for c in contexts),
         ])
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     title = (
         f"qkvlab bench: model {report['model']} {report['shape']} on {report['device_name']} ({report['device']}, "
         f"{report['threads']} threads), {report['precision']}{', compiled' if report['compile'] else ''}, "
-        f"batch {report['batch_size']} x {report['seq_len']}; peak {report['peak_flops'] / 1e9:,.1f} GFLOP/s "
+        f"training batch {report['batch_size']} x {report['seq_len']}; peak {report['peak_flops'] / 1e9:,.1f} GFLOP/s "
         f"({report['peak_flops_source']}); medians of {report['timing']['repeats']} repeats"
     )
-    return "\n".join([title, line(head), *(line(r) for r in rows)])
+    decode_head = ["variant", "decode path"]
+    for c in contexts:
+        decode_head += [f"tok/s@{c}", f"MB/tok@{c}", f"GB/s@{c}"]
+    decode_rows = []
+    for r in report["variants"]:
+        cells = [r["variant"], r.get("decode/path", "-")]
+        for c in contexts:
+            inf = r["inference"][c]
+            cells += [f"{inf['decode_tokens_per_s']:,.1f}", f"{inf['decode_bytes_per_token'] / 1e6:,.2f}", f"{inf['decode_gb_per_s']:,.2f}"]
+        decode_rows.append(cells)
+    decoding = (
+        f"decoding, batch 1 (MB/tok: weights + KV cache read per token, QKVLAB_DECODE_KERNEL={report.get('decode_kernel', 'auto')}):"
+    )
+    return "\n".join([title, *_aligned(head, rows), decoding, *_aligned(decode_head, decode_rows)])
+
+
+def _aligned(head: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return [line(head), *(line(r) for r in rows)]
 
 
 def bench_main(args: list[str]) -> None:
@@ -137,10 +187,17 @@ def bench_main(args: list[str]) -> None:
     variants = [v.strip() for v in ns.variants.split(",") if v.strip()]
     if not variants:
         raise ConfigError("--variants is empty; e.g. --variants mha,k_eq_v")
-    configs = [compose_config([*BASE_OVERRIDES, *ns.overrides, f"variant={v}"]) for v in variants]
+    probe = compose_config([*BASE_OVERRIDES, *ns.overrides, f"variant={variants[0]}"])
+    seq, batch = train_shape(probe, ns.train_seq_len, ns.overrides)
+    shape = (f"data.seq_len={seq}", f"data.batch_size={batch}")
+    configs, names = [], []
+    for block in ns.blocks:
+        for v in variants:
+            configs.append(compose_config([*BASE_OVERRIDES, *ns.overrides, *BLOCKS[block], *shape, f"variant={v}"]))
+            names.append(v if block == "default" else f"{v}/{block}")
     opts = BenchOptions(contexts=bench_contexts(ns.contexts, configs), steps=ns.steps, repeats=ns.repeats,
                         warmup=ns.warmup, decode_tokens=ns.decode_tokens, loop=not ns.no_loop)
-    report = bench(configs, ns.overrides, opts)
+    report = bench(configs, ns.overrides, opts, names)
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(ns.out or f"outputs/bench/bench_{report['model']}_{stamp}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

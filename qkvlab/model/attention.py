@@ -349,7 +349,7 @@ class SharedQKVAttention(nn.Module):
         y = self.attend(x, q, k, v, start_pos, False, shared)
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
-    def _fused_decode(self, cache: "LayerKVCache") -> bool:
+    def fused_decode(self, cache: "LayerKVCache") -> bool:
         """Whether one-token decoding of this layer's one-tensor cache runs a fused kernel (kv_decode.py).
         Fixed per cache, since it also fixes the cache's layout: a layer whose K/V later layers reuse, or
         a family that changes the scores or their mixing, keeps the PyTorch path."""
@@ -407,7 +407,7 @@ class SharedQKVAttention(nn.Module):
             q, k, v = self.qkv_from(p, new_rope)
             (k, v), pairs = cache.update(start_pos, [k, v]), False
         else:
-            fused = self._fused_decode(cache)
+            fused = self.fused_decode(cache)
             if fused and T == 1:
                 return self._decode_fused(p, rope, new_rope, cache, start_pos)
             if rope is None:

@@ -5,16 +5,20 @@ import json
 import pytest
 
 from qkvlab.bench.peaks import accelerator_peak
+from qkvlab.errors import ConfigError
+from qkvlab.model.kernels import cpu_decode
 
 VARIANT_FIELDS = {
     "variant", "sharing", "n_kv_heads", "params/total", "params/attention", "params/matmul", "tokens_per_step",
     "train/first_step_s", "train/step_s", "train/tokens_per_s", "train/flops_per_token", "train/mfu",
     "train/peak_memory_bytes", "loop/step_s", "loop/tokens_per_s", "loop/overhead",
-    "kv_cache/bytes_per_token", "kv_cache/bytes_per_token_closed_form", "kv_cache/ratio_vs_mha", "inference", "noise",
+    "kv_cache/bytes_per_token", "kv_cache/bytes_per_token_closed_form", "kv_cache/ratio_vs_mha", "decode/path",
+    "inference", "noise",
 }
 TOP_FIELDS = {
     "created", "device", "device_name", "threads", "cpu_count", "torch", "precision", "compile", "peak_flops",
     "peak_flops_source", "model", "shape", "data", "seq_len", "batch_size", "overrides", "timing", "variants",
+    "decode_kernel",
 }
 
 
@@ -22,15 +26,24 @@ TOP_FIELDS = {
 def test_bench_on_tiny_writes_every_field(run_cli, tmp_path):
     out = run_cli(
         "bench", "--variants", "mha,k_eq_v_mqa", "--steps", "2", "--repeats", "1", "--warmup", "0",
-        "--decode-tokens", "2", "--contexts", "16,32", "--out", "bench.json",
-        "train.device=cpu", "train.progress=false", "data.batch_size=8", "data.val_size=8",
+        "--decode-tokens", "2", "--contexts", "16,32", "--out", "bench.json", "--train-seq-len", "32",
+        "--blocks", "default,nanogpt", "train.device=cpu", "train.progress=false", "data.batch_size=8", "data.val_size=8",
     )
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "bench.json").read_text())
     assert set(report) == TOP_FIELDS
     assert report["peak_flops"] > 0 and report["peak_flops_source"] == "measured matmul"
-    mha, mqa = report["variants"]
-    for row in (mha, mqa):
+    assert (report["seq_len"], report["batch_size"]) == (32, 8)  # --train-seq-len, and the user's batch kept
+    assert [r["variant"] for r in report["variants"]] == ["mha", "k_eq_v_mqa", "mha/nanogpt", "k_eq_v_mqa/nanogpt"]
+    mha, mqa, nano_mha, _ = report["variants"]
+    assert nano_mha["params/total"] != mha["params/total"]  # another block: GELU MLP, biases, a position table
+    assert mha["decode/path"] == "sdpa"
+    assert mqa["decode/path"] == ("kernel:cpu" if cpu_decode.available() else "pytorch")
+    for c in ("16", "32"):
+        # Bytes per decoded token: the same weights but an eighth of the cache; GB/s follows from the timing.
+        assert mqa["inference"][c]["decode_bytes_per_token"] < mha["inference"][c]["decode_bytes_per_token"]
+    assert mha["inference"]["32"]["decode_bytes_per_token"] > mha["inference"]["16"]["decode_bytes_per_token"]
+    for row in report["variants"]:
         assert set(row) == VARIANT_FIELDS
         assert all(row[k] is not None for k in VARIANT_FIELDS), row
         assert set(row["noise"]) == {"step ms", "loop/overhead", "prefill@16", "prefill@32", "decode@16", "decode@32"}
@@ -42,7 +55,7 @@ def test_bench_on_tiny_writes_every_field(run_cli, tmp_path):
     assert mha["kv_cache/ratio_vs_mha"] == 1.0
     assert mqa["kv_cache/ratio_vs_mha"] == 1 / (2 * 4)
     assert mqa["train/flops_per_token"] < mha["train/flops_per_token"]
-    assert "k_eq_v_mqa" in out.stdout and "decode@32" in out.stdout
+    assert "k_eq_v_mqa" in out.stdout and "decode@32" in out.stdout and "GB/s@32" in out.stdout
     assert "qkvlab: warning: --repeats 1 gives no noise estimate" in out.stderr
 
 
@@ -91,3 +104,22 @@ def test_figures_within_their_own_noise_are_warned_about():
     quiet = {"timing": {"repeats": 5}, "variants": [_row("mha", 0.100, 0.10, 0.01), _row("k_eq_v", 0.050, 0.10, 0.01, decode=150.0, prefill=900.0)]}
     assert noise_warnings(quiet) == []
     assert noise_warnings({"timing": {"repeats": 1}, "variants": quiet["variants"]})[0].startswith("--repeats 1 gives no noise estimate")
+
+
+def test_training_shape_defaults_to_the_context_and_keeps_the_presets_tokens_per_step():
+    from qkvlab.bench.command import train_shape
+    from qkvlab.checks import compose_config
+
+    cfg = compose_config(["data=mqar", "model=small"])  # context 512; mqar: batch 64 x 64 tokens
+    assert train_shape(cfg, None, []) == (512, 8)
+    assert train_shape(cfg, 128, []) == (128, 32)
+    assert train_shape(cfg, 128, ["data.batch_size=64"]) == (128, 64)
+    with pytest.raises(ConfigError, match="--train-seq-len=1024 is above model.context=512; give at most 512"):
+        train_shape(cfg, 1024, [])
+
+
+def test_an_unknown_block_is_one_line():
+    from qkvlab.bench.command import parse_args
+
+    with pytest.raises(ConfigError, match="--blocks: 'gpt3' is not a block; choose from default, nanogpt"):
+        parse_args(["--blocks", "default,gpt3"])
