@@ -12,12 +12,14 @@ count and the matmul FLOPs show the saving for real:
 
 Head sharing (GQA/MQA) gives K and V fewer heads than Q. With RoPE the shared
 tensor S is rotated to make keys (and queries when Q=K) while values stay
-unrotated S, so `k_eq_v` caches one tensor per KV head (see kv_cache.py):
-the decoding path re-rotates the cached S at attention time. That rotation
-touches the whole cache every step, so decoding keeps S with its rotary pairs
-side by side and rotates it as one complex multiply (one pass over memory,
-less than half the time of the rotate-half form), which keeps `k_eq_v`
-decoding level with `mha` on a CPU.
+unrotated S, so `k_eq_v` caches one tensor per KV head (see kv_cache.py)
+and decoding forms keys from it at attention time. A fused kernel
+(kv_decode.py: C on CPUs, Triton on CUDA) reads each cached element once per
+token, keys made in registers, values the same rows: half of `mha`'s bytes.
+Where no kernel applies, PyTorch rotates the whole cache every step; in fp32
+S is then cached with its rotary pairs side by side and rotated as one
+complex multiply (one pass over memory, less than half the time of the
+rotate-half form).
 
 `plus` adds the study's learned 2-D positional term to the scores (qkvlab/model/plus.py), on
 any sharing: the asymmetric "+" variants.
@@ -160,20 +162,37 @@ def rotate_pairs(x: torch.Tensor, cis: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * cis).flatten(-2)
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary position embedding (rotate-half form) on (B, H, T, D).
-
-    Without autograd (decoding re-rotates the whole cached S of `k_eq_v` every
-    step) it writes in place into one new tensor: half the memory traffic.
-    """
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+    """x·cos + sign·rotate_half(x)·sin into one new tensor: one multiply and two half-width
+    multiply-adds, where the textbook form makes a concatenated copy and four full passes."""
     h = x.shape[-1] // 2
-    if torch.is_grad_enabled() and x.requires_grad:
-        x1, x2 = x[..., :h], x[..., h:]
-        return x * cos + torch.cat((-x2, x1), dim=-1) * sin
     out = x * cos
-    out[..., :h].addcmul_(x[..., h:], sin[..., :h], value=-1)
-    out[..., h:].addcmul_(x[..., :h], sin[..., h:])
+    out[..., :h].addcmul_(x[..., h:], sin[..., :h], value=-sign)
+    out[..., h:].addcmul_(x[..., :h], sin[..., h:], value=sign)
     return out
+
+
+class _Rope(torch.autograd.Function):
+    """RoPE with a hand-written backward: the gradient is the inverse rotation, R(-θ)·g, so nothing
+    but the tables is saved and both directions take `_rotate`'s three passes."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        ctx.save_for_backward(cos, sin)
+        ctx.dtype = x.dtype
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, sin, sign=-1.0).to(ctx.dtype), None, None
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (rotate-half form) on (B, H, T, D)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Rope.apply(x, cos, sin)
+    return _rotate(x, cos, sin)
 
 
 def _decode_attention(q, k, v, start_pos: int, enable_gqa: bool, scale: Optional[float] = None) -> torch.Tensor:
@@ -389,11 +408,11 @@ class SharedQKVAttention(nn.Module):
         """Incremental decoding; `rope` covers positions 0..start_pos+T.
 
         One cached tensor (`k_eq_v`, `q_eq_k_eq_v`) is the unrotated S (norm(S) with
-        v_norm): keys are RoPE(S) recomputed here over the whole cache and values are
-        the cached tensor itself.
-        Where the cache's dtype has a complex twin (fp32, fp64) S is cached in
-        pair layout and the attention runs in it; the output goes back to the
-        rotate-half layout before the output projection.
+        v_norm): keys are RoPE(S) and values the cached tensor itself, through the fused
+        kernel for one new token where it applies, else recomputed here over the whole
+        cache. On that PyTorch path, where the cache's dtype has a complex twin (fp32,
+        fp64), S is cached in pair layout and the attention runs in it; the output goes
+        back to the rotate-half layout before the output projection.
         """
         B, T, _ = x.shape
         p = self.project(x)

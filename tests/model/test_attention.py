@@ -144,3 +144,20 @@ def test_kv_cache_bytes_per_token(variant, reduction):
     mha_bytes = 20 * 2 * 1024 * 4  # layers * (K and V) * d_model * fp32
     assert kv_cache_bytes_per_token(model, torch.float32) == pytest.approx(mha_bytes * (1 - reduction))
     assert kv_cache_bytes_per_token(model, torch.bfloat16) * 2 == kv_cache_bytes_per_token(model, torch.float32)
+
+
+def test_rope_forward_and_hand_written_backward_are_the_textbook_rotation():
+    from qkvlab.model.attention import rotate
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 8, dtype=torch.float64, requires_grad=True)
+    half = torch.rand(5, 4, dtype=torch.float64) * 3
+    angles = torch.cat((half, half), -1)
+    cos, sin = angles.cos(), angles.sin()
+    textbook = x * cos + torch.cat((-x[..., 4:], x[..., :4]), -1) * sin
+    torch.testing.assert_close(rotate(x, cos, sin), textbook)
+    assert torch.autograd.gradcheck(lambda t: rotate(t, cos, sin), (x,))
+    # Under autocast the input is bf16 and the tables fp32: the gradient comes back in the input's dtype.
+    xb = torch.randn(1, 1, 5, 8, dtype=torch.bfloat16, requires_grad=True)
+    rotate(xb, cos.float(), sin.float()).sum().backward()
+    assert xb.grad.dtype == torch.bfloat16
