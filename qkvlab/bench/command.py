@@ -4,6 +4,7 @@ measured in one process, printed as a table and written as JSON."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -93,24 +94,34 @@ def train_shape(cfg: Config, requested: int | None, overrides: Sequence[str]) ->
     return seq, max(1, cfg.data.batch_size * cfg.data.seq_len // seq)
 
 
-def bench(configs: Sequence[Config], overrides: Sequence[str], opts, names: Sequence[str] | None = None) -> dict[str, Any]:
+def bench(configs: Sequence[Config], overrides: Sequence[str], opts, names: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """The report; None on ranks other than 0 under torchrun (rank 0 writes and prints it)."""
     from tqdm.auto import tqdm
 
     from qkvlab.bench.peaks import device_peak
     from qkvlab.bench.run import bench_variants
     from qkvlab.model.kv_decode import policy as decode_policy
+    from qkvlab.train.distributed import session
     from qkvlab.train.device import pick_device, resolve_precision
 
     first = configs[0]
     device = pick_device(first.train.device)
     precision = resolve_precision(first.train.precision, device)
     peak, peak_source, device_name = device_peak(device, precision)
-    rows = bench_variants(list(configs), opts, peak, lambda cfgs: tqdm(cfgs, desc="bench: training", unit="variant"), list(names or []) or None)
+    with session(first.train.parallel, first.train.device) as world:
+        if world.distributed and opts.loop:
+            opts = dataclasses.replace(opts, loop=False)  # the full loop writes a run directory: one process's job
+        progress = (lambda cfgs: tqdm(cfgs, desc="bench: training", unit="variant")) if world.is_main else (lambda cfgs: cfgs)
+        rows = bench_variants(list(configs), opts, peak, progress, list(names or []) or None, world)
+    if rows is None:
+        return None
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
         "device_name": device_name,
         "threads": torch.get_num_threads(),
+        "world_size": world.size,
+        "parallel": world.parallel,
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "precision": precision,
@@ -136,13 +147,16 @@ def _num(x: float | None, fmt: str) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     contexts = list(report["variants"][0]["inference"])
-    head = ["variant", "params", "GFLOP/tok", "step ms", "tok/s", "MFU %", "peak MB", "loop +%", "KV B/tok", "closed", "vs mha"]
+    several = report.get("world_size", 1) > 1
+    head = ["variant", "params", "GFLOP/tok", "step ms", "tok/s", *(["tok/s/dev"] if several else []), "MFU %", "peak MB",
+            "loop +%", "KV B/tok", "closed", "vs mha"]
     head += [f"prefill@{c}" for c in contexts] + [f"decode@{c}" for c in contexts]
     rows = []
     for r in report["variants"]:
         rows.append([
             r["variant"], f"{r['params/total']:,}", f"{r['train/flops_per_token'] / 1e9:.3f}",
-            f"{1e3 * r['train/step_s']:.1f}", f"{r['train/tokens_per_s']:,.0f}", f"{100 * r['train/mfu']:.1f}",
+            f"{1e3 * r['train/step_s']:.1f}", f"{r['train/tokens_per_s']:,.0f}",
+            *([f"{r['train/tokens_per_s_per_device']:,.0f}"] if several else []), f"{100 * r['train/mfu']:.1f}",
             _num(r["train/peak_memory_bytes"] and r["train/peak_memory_bytes"] / 2**20, ".0f"),
             _num(r["loop/overhead"] and 100 * r["loop/overhead"], "+.1f"),
             f"{r['kv_cache/bytes_per_token']:,.0f}", f"{r['kv_cache/bytes_per_token_closed_form']:,}",
@@ -152,7 +166,7 @@ def format_table(report: dict[str, Any]) -> str:
         ])
     title = (
         f"qkvlab bench: model {report['model']} {report['shape']} on {report['device_name']} ({report['device']}, "
-        f"{report['threads']} threads), {report['precision']}{', compiled' if report['compile'] else ''}, "
+        f"{report['threads']} threads{', %d processes (%s)' % (report['world_size'], report['parallel']) if several else ''}), {report['precision']}{', compiled' if report['compile'] else ''}, "
         f"training batch {report['batch_size']} x {report['seq_len']}; peak {report['peak_flops'] / 1e9:,.1f} GFLOP/s "
         f"({report['peak_flops_source']}); medians of {report['timing']['repeats']} repeats"
     )
@@ -198,6 +212,8 @@ def bench_main(args: list[str]) -> None:
     opts = BenchOptions(contexts=bench_contexts(ns.contexts, configs), steps=ns.steps, repeats=ns.repeats,
                         warmup=ns.warmup, decode_tokens=ns.decode_tokens, loop=not ns.no_loop)
     report = bench(configs, ns.overrides, opts, names)
+    if report is None:
+        return
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     out = Path(ns.out or f"outputs/bench/bench_{report['model']}_{stamp}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

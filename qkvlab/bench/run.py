@@ -30,6 +30,7 @@ from qkvlab.model.attention import AttentionSpec, LayerInfo, SharedQKVAttention
 from qkvlab.model.kv_cache import KVCache, LayerKVCache
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.device import compute_dtype, inference_model
+from qkvlab.train.distributed import SINGLE, World
 from qkvlab.train.loop import LoopState, Trainer
 
 
@@ -55,13 +56,16 @@ def _bench_cfg(cfg: Config, opts: BenchOptions) -> Config:
 
 def _step_fn(trainer: Trainer):
     dev = trainer.device
-    batches = [tuple(t.to(dev) for t in trainer.data.train_batch(0, micro)) for micro in range(trainer.cfg.train.grad_accum)]
+    batches = [
+        tuple(t.to(dev) for t in trainer.world.shard(trainer.data.train_batch(0, micro)))
+        for micro in range(trainer.cfg.train.grad_accum)
+    ]
     return lambda: trainer.update(batches)
 
 
-def _first_step_and_peak(cfg: Config, opts: BenchOptions, tmp: Path) -> tuple[float, int | None]:
+def _first_step_and_peak(cfg: Config, opts: BenchOptions, tmp: Path, world: World) -> tuple[float, int | None]:
     """One variant alone in the process, so the first step (allocation, compilation) and the peak memory are its own."""
-    trainer = Trainer(cfg, tmp)
+    trainer = Trainer(cfg, tmp, world)
     step = _step_fn(trainer)
     t = time.perf_counter()
     step()
@@ -73,14 +77,17 @@ def _first_step_and_peak(cfg: Config, opts: BenchOptions, tmp: Path) -> tuple[fl
     return first_step_s, peak
 
 
-def bench_training(cfgs: list[Config], opts: BenchOptions, peak_flops: float, progress) -> tuple[list[dict[str, Any]], list[Trainer]]:
+def bench_training(
+    cfgs: list[Config], opts: BenchOptions, peak_flops: float, progress, world: World = SINGLE
+) -> tuple[list[dict[str, Any]], list[Trainer]]:
     """Training costs of every variant. The first step and peak memory are taken one variant at a time;
     the timed blocks then run round-robin (block r of every variant before block r + 1 of any), so drift
-    in a shared machine's speed hits all variants alike, as inference's timings do."""
+    in a shared machine's speed hits all variants alike, as inference's timings do. Under torchrun every
+    rank steps its slice of the global batch (DDP), and tokens/s is the job's; peak memory is rank 0's."""
     cfgs = [_bench_cfg(cfg, opts) for cfg in cfgs]
     with tempfile.TemporaryDirectory(prefix="qkvlab-bench-") as tmp:
-        firsts = [_first_step_and_peak(cfg, opts, Path(tmp) / f"first{i}") for i, cfg in enumerate(progress(cfgs))]
-        trainers = [Trainer(cfg, Path(tmp) / f"v{i}") for i, cfg in enumerate(cfgs)]
+        firsts = [_first_step_and_peak(cfg, opts, Path(tmp) / f"first{i}", world) for i, cfg in enumerate(progress(cfgs))]
+        trainers = [Trainer(cfg, Path(tmp) / f"v{i}", world) for i, cfg in enumerate(cfgs)]
         steps = [_step_fn(trainer) for trainer in trainers]
         for step in steps:
             for _ in range(max(1, opts.warmup)):
@@ -107,6 +114,7 @@ def bench_training(cfgs: list[Config], opts: BenchOptions, peak_flops: float, pr
             "train/first_step_s": first_step_s,
             "train/step_s": step_s,
             "train/tokens_per_s": tokens_per_s,
+            "train/tokens_per_s_per_device": tokens_per_s / world.size,
             "train/flops_per_token": flops,
             "train/mfu": flops * tokens_per_s / peak_flops,
             "train/peak_memory_bytes": peak,
@@ -236,9 +244,16 @@ def bench_inference(cfgs: list[Config], vocab: int, device: torch.device, precis
     return rows
 
 
-def bench_variants(cfgs: list[Config], opts: BenchOptions, peak_flops: float, progress, names: list[str] | None = None) -> list[dict[str, Any]]:
-    """Training costs of every variant (timed round-robin), then inference for all variants together."""
-    train, trainers = bench_training(cfgs, opts, peak_flops, progress)
+def bench_variants(
+    cfgs: list[Config], opts: BenchOptions, peak_flops: float, progress, names: list[str] | None = None, world: World = SINGLE
+) -> list[dict[str, Any]] | None:
+    """Training costs of every variant (timed round-robin), then inference for all variants together,
+    which is one device's work: under torchrun rank 0 times it while the others wait, and only rank 0
+    returns the rows."""
+    train, trainers = bench_training(cfgs, opts, peak_flops, progress, world)
+    if not world.is_main:
+        world.barrier()
+        return None
     rows = []
     for cfg, trainer, row, name in zip(cfgs, trainers, train, names or [cfg.variant.name for cfg in cfgs]):
         rows.append({
@@ -250,4 +265,5 @@ def bench_variants(cfgs: list[Config], opts: BenchOptions, peak_flops: float, pr
         })
     first = trainers[0]
     infer = bench_inference(cfgs, first.info.vocab_size, first.device, first.precision, opts)
+    world.barrier()
     return [{**row, **inf, "noise": {**row["noise"], **inf["noise"]}} for row, inf in zip(rows, infer)]

@@ -186,6 +186,10 @@ class World:
             raise PeerFailed("rank 0 failed; it reports why")
         return value
 
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
     def wait_for_go(self) -> int:
         """On ranks other than 0: GO, or the exit code rank 0 stopped the job with."""
         box = [None]

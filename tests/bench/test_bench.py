@@ -10,7 +10,7 @@ from qkvlab.model.kernels import cpu_decode
 
 VARIANT_FIELDS = {
     "variant", "sharing", "n_kv_heads", "params/total", "params/attention", "params/matmul", "tokens_per_step",
-    "train/first_step_s", "train/step_s", "train/tokens_per_s", "train/flops_per_token", "train/mfu",
+    "train/first_step_s", "train/step_s", "train/tokens_per_s", "train/tokens_per_s_per_device", "train/flops_per_token", "train/mfu",
     "train/peak_memory_bytes", "loop/step_s", "loop/tokens_per_s", "loop/overhead",
     "kv_cache/bytes_per_token", "kv_cache/bytes_per_token_closed_form", "kv_cache/ratio_vs_mha", "decode/path",
     "inference", "noise",
@@ -18,7 +18,7 @@ VARIANT_FIELDS = {
 TOP_FIELDS = {
     "created", "device", "device_name", "threads", "cpu_count", "torch", "precision", "compile", "peak_flops",
     "peak_flops_source", "model", "shape", "data", "seq_len", "batch_size", "overrides", "timing", "variants",
-    "decode_kernel",
+    "decode_kernel", "world_size", "parallel",
 }
 
 
@@ -123,3 +123,17 @@ def test_an_unknown_block_is_one_line():
 
     with pytest.raises(ConfigError, match="--blocks: 'gpt3' is not a block; choose from default, nanogpt"):
         parse_args(["--blocks", "default,gpt3"])
+
+
+@pytest.mark.slow
+def test_bench_under_torchrun_reports_the_jobs_and_each_devices_tokens_per_second(torchrun, tmp_path):
+    out = torchrun(["-m", "qkvlab", "bench", "--variants", "mha", "--steps", "1", "--repeats", "1", "--warmup", "0",
+                    "--decode-tokens", "2", "--contexts", "16", "--out", "bench.json", "train.device=cpu",
+                    "train.progress=false", "data.batch_size=8", "data.val_size=8"])
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert (report["world_size"], report["parallel"]) == (2, "ddp")
+    (row,) = report["variants"]
+    assert row["train/tokens_per_s_per_device"] == pytest.approx(row["train/tokens_per_s"] / 2)
+    assert row["loop/overhead"] is None  # the full loop is one process's: not timed under torchrun
+    assert out.stdout.count("tok/s/dev") == 1  # rank 0 alone prints the table

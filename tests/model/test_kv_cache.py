@@ -78,8 +78,8 @@ def test_k_eq_v_caches_one_unrotated_tensor_per_kv_head(kernel, monkeypatch):
         s = attn.project(model.blocks[0].norm1(model.tok_emb(idx)))["k"]
     (buf,) = cache[0].buffers
     assert buf.shape == (1, 1, 8, 16)  # 4 heads / GQA-4 = 1 KV head
-    fused = kernel == "auto" and cpu_decode.available()
-    torch.testing.assert_close(buf if fused else from_pairs(buf), s)
+    assert attn.fused_decode(cache[0]) == (kernel == "auto" and cpu_decode.available())
+    torch.testing.assert_close(buf if attn.fused_decode(cache[0]) else from_pairs(buf), s)
 
 
 @pytest.mark.parametrize("variant", ["k_eq_v", "q_eq_k_eq_v", "mha"])
