@@ -98,6 +98,7 @@ def run(
         with StopRequest() as stop:
             trainer = Trainer(cfg, run_dir, world)
             world.from_main(lambda: restore(trainer, run_dir))
+            trainer.load_weights()
             writer = MetricsWriter(run_dir, make_sinks(cfg, run_dir, trainer.info, meta["wandb_id"], overrides, in_sweep))
             result = trainer.fit(writer, stop)
         summary = {**base_summary(cfg, trainer.info), **result, "status": "completed"}
@@ -124,6 +125,7 @@ def follow(cfg: Config, run_dir: Path, world: World) -> dict[str, Any]:
     chosen = world.from_main(lambda: None)
     if chosen is not None:
         trainer.load_state_dict(read_checkpoint(chosen), chosen)
+    trainer.load_weights()
     return trainer.fit(NoWriter())
 
 

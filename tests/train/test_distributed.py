@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from qkvlab.checks import compose_config
 from qkvlab.config import CONF_DIR
 from qkvlab.errors import ConfigError
 from qkvlab.runlock import hold
+from qkvlab.train.checkpoint import read_checkpoint
 from qkvlab.train.distributed import World, check_parallel, resolve_parallel
 from qkvlab.train.loop import Trainer
 from qkvlab.train.run import run
@@ -45,6 +47,11 @@ def test_batch_size_and_launcher_are_checked_in_one_line():
         check_parallel(compose_config(["data.train_size=35", "data.batch_size=8"]), {"WORLD_SIZE": "2"})
     check_parallel(cfg, {"WORLD_SIZE": "2"})
     assert [resolve_parallel("auto", env) for env in ({}, {"WORLD_SIZE": "1"}, {"WORLD_SIZE": "2"})] == ["none", "none", "ddp"]
+    with pytest.raises(ConfigError, match=r"^train.parallel=fsdp needs torchrun, which sets WORLD_SIZE \(it is not set\)"):
+        check_parallel(compose_config(["train.parallel=fsdp"]), {})
+    with pytest.raises(ConfigError, match=r"^data.batch_size=6 is the global batch, split over the 4 processes"):
+        check_parallel(compose_config(["train.parallel=fsdp", "data.batch_size=6"]), {"WORLD_SIZE": "4"})
+    assert resolve_parallel("fsdp", {"WORLD_SIZE": "2"}) == "fsdp"
 
 
 def test_ranks_split_each_global_batch_into_disjoint_slices():
@@ -71,7 +78,7 @@ def test_two_processes_train_what_one_does_with_one_all_reduce_per_step_and_rank
         assert sorted(p.name for p in (two / "checkpoints").iterdir()) == sorted(p.name for p in (one / "checkpoints").iterdir())
         for rank in (0, 1):
             counted = json.loads((tmp_path / "ddp" / f"{variant}-rank{rank}.json").read_text())
-            assert counted["all_reduces"] == counted["steps"] == 6, counted
+            assert counted["collectives"] == counted["steps"] == 6, counted
         s = kit.summary(two)
         assert (s["parallel"], s["world_size"], s["batch_per_device"]) == ("ddp", 2, 4)
         assert kit.summary(one)["world_size"] == 1
@@ -109,6 +116,56 @@ def test_the_run_directory_lock_holds_for_every_rank(tmp_path, torchrun, kit):
     assert res.returncode != 0
     assert res.stderr.count("qkvlab: error: run directory") == 1 and "is in use by pid" in res.stderr
     assert sorted(p.name for p in busy.iterdir()) == [".lock"]
+
+
+def interrupted_copy(run_dir: Path, to: Path, after: int) -> Path:
+    """`run_dir` as a run killed after its step-`after` checkpoint: later checkpoints and final.pt gone."""
+    shutil.copytree(run_dir, to)
+    for path in (to / "checkpoints").iterdir():
+        if path.name == "final.pt" or (path.name.startswith("step_") and int(path.name[5:13]) > after):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return to
+
+
+@pytest.mark.slow
+def test_fsdp_trains_what_one_process_does_and_resumes_at_any_world_size(tmp_path, torchrun, kit):
+    """FSDP over two processes, mha and k_eq_v with gradient accumulation: the losses of one process with
+    the same global batch, one reduce-scatter per group and optimizer step, sharded step checkpoints and
+    one consolidated final.pt; killed after its step-6 checkpoint, the run resumes with one process and
+    with two and ends where the uninterrupted run ended, optimizer state included."""
+    overrides = [*kit.TINY, "train.parallel=fsdp", "train.steps=12", "train.grad_accum=2", "train.log_every=2",
+                 "train.eval_every=3", "train.checkpoint_every=6", "train.keep_checkpoints=3"]
+    res = torchrun([str(WORKER), str(tmp_path / "fsdp"), "mha,k_eq_v", *overrides])
+    assert res.returncode == 0, res.stderr[-3000:]
+    single = [o for o in overrides if o != "train.parallel=fsdp"]
+    for variant in ("mha", "k_eq_v"):
+        one = tmp_path / "one" / variant
+        run(compose_config([f"variant={variant}", *single]), one)
+        two = tmp_path / "fsdp" / variant
+        assert_same_rows(kit.metrics(two), kit.metrics(one))
+        assert sorted(p.name for p in (two / "checkpoints").iterdir()) == [
+            "final.pt", "final.pt.sum", "step_00000006.dcp", "step_00000012.dcp"]
+        assert sorted(p.name for p in (two / "checkpoints" / "step_00000006.dcp").iterdir()) == [
+            ".metadata", "__0_0.distcp", "__1_0.distcp", "checksums.json", "state.pt"]
+        final, reference = read_checkpoint(two / "checkpoints" / "final.pt"), read_checkpoint(one / "checkpoints" / "final.pt")
+        for name, tensor in reference["model"].items():
+            assert torch.allclose(final["model"][name], tensor, atol=1e-5), name
+        for rank in (0, 1):
+            counted = json.loads((tmp_path / "fsdp" / f"{variant}-rank{rank}.json").read_text())
+            assert counted["collectives"] == counted["steps"] * counted["groups"], counted
+        s = kit.summary(two)
+        assert (s["parallel"], s["world_size"], s["batch_per_device"], s["params/total"]) == ("fsdp", 2, 4, kit.summary(one)["params/total"])
+
+    two = tmp_path / "fsdp" / "k_eq_v"
+    alone = interrupted_copy(two, tmp_path / "alone" / "k_eq_v", after=6)
+    run(compose_config(["variant=k_eq_v", *single]), alone)
+    again = interrupted_copy(two, tmp_path / "again" / "k_eq_v", after=6)
+    res = torchrun([str(WORKER), str(tmp_path / "again"), "k_eq_v", *overrides])
+    assert res.returncode == 0, res.stderr[-3000:]
+    for resumed in (alone, again):
+        assert_same_rows(kit.metrics(resumed), kit.metrics(two))
+        assert math.isclose(kit.summary(resumed)["val/loss"], kit.summary(two)["val/loss"], rel_tol=1e-5)
+    assert "resuming from" in res.stdout and "step_00000006.dcp (step 6 of 12)" in res.stdout
 
 
 def test_each_rank_draws_its_own_dropout_masks(tmp_path):
