@@ -18,7 +18,7 @@ from qkvlab.checks import compose_config
 from qkvlab.config import CONF_DIR
 from qkvlab.errors import ConfigError
 from qkvlab.runlock import hold
-from qkvlab.train.checkpoint import read_checkpoint
+from qkvlab.train.checkpoint import good_checkpoints, read_checkpoint
 from qkvlab.train.distributed import World, check_parallel, resolve_parallel
 from qkvlab.train.loop import Trainer
 from qkvlab.train.run import run
@@ -87,7 +87,7 @@ def test_two_processes_train_what_one_does_with_one_all_reduce_per_step_and_rank
 @pytest.mark.slow
 def test_a_torchrun_run_writes_once_and_resumes_with_one_process(tmp_path, torchrun, run_cli, kit):
     """`torchrun -m qkvlab train`: one summary, one row per step; its step-10 checkpoint resumed by one
-    process ends where the uninterrupted two-process run ended."""
+    process, and by two under FSDP, ends where the uninterrupted two-process run ended."""
     args = [*kit.TINY, "train.steps=20", "train.checkpoint_every=10"]
     res = torchrun(["-m", "qkvlab", "train", *args, "hydra.run.dir=two"])
     assert res.returncode == 0, res.stderr[-3000:]
@@ -104,6 +104,12 @@ def test_a_torchrun_run_writes_once_and_resumes_with_one_process(tmp_path, torch
     assert_same_rows(kit.metrics(tmp_path / "one"), rows)
     assert kit.summary(tmp_path / "one")["world_size"] == 1
     assert math.isclose(kit.summary(tmp_path / "one")["val/loss"], kit.summary(two)["val/loss"], rel_tol=1e-4)
+
+    res = torchrun(["-m", "qkvlab", "train", *args, "train.parallel=fsdp", f"train.resume={checkpoint}", "hydra.run.dir=sharded"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "parallel=fsdp over 2 processes: global batch 8, 4 rows per process" in res.stdout
+    assert_same_rows(kit.metrics(tmp_path / "sharded"), rows)
+    assert (tmp_path / "sharded" / "checkpoints" / "step_00000020.dcp" / "checksums.json").is_file()
 
 
 @pytest.mark.slow
@@ -198,3 +204,29 @@ def test_every_variant_uses_all_its_parameters_under_ddp(variant, process_group,
     assert trainer.ddp is not None
     for step in range(2):
         trainer.train_step(step)
+
+
+def flip_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_shard_is_skipped_like_a_damaged_file(process_group, tmp_path):
+    """A sharded checkpoint whose shard lost a bit, or that lacks its manifest, is named and passed over."""
+    cfg = compose_config(["logger=none", "data.batch_size=4", "data.seq_len=16", "train.parallel=fsdp", "train.keep_checkpoints=3"])
+    trainer = Trainer(cfg, tmp_path, World(parallel="fsdp"))
+    saved = []
+    for step in range(3):
+        trainer.train_step(step)
+        trainer.state.step = step + 1
+        saved.append(trainer.save())
+    assert [p.name for p in saved] == ["step_00000001.dcp", "step_00000002.dcp", "step_00000003.dcp"]
+    flip_byte(saved[2] / "__0_0.distcp", 100)
+    (saved[1] / "checksums.json").unlink()
+    said: list[str] = []
+    assert [p for p, _ in good_checkpoints(tmp_path, said.append)] == [saved[0]]
+    assert said == [
+        f"qkvlab: checkpoint {saved[2]} is corrupt: checksum mismatch (shard __0_0.distcp is damaged); falling back to the previous one",
+        f"qkvlab: checkpoint {saved[1]} is unverifiable: its checksum file checksums.json is missing; falling back to the previous one",
+    ]
