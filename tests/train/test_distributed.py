@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.distributed.tensor import DTensor
 
 from qkvlab.checks import compose_config
 from qkvlab.config import CONF_DIR
@@ -197,13 +198,22 @@ def process_group(tmp_path_factory):
 
 
 @pytest.mark.parametrize("variant", sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml")))
-def test_every_variant_uses_all_its_parameters_under_ddp(variant, process_group, tmp_path):
-    """DDP (without find_unused_parameters) fails at the second step when a parameter gets no gradient."""
+def test_every_variant_trains_under_ddp_and_fsdp(variant, process_group, tmp_path):
+    """DDP (without find_unused_parameters) fails at the second step when a parameter gets no gradient.
+    Under FSDP a family computes what it computes under DDP, its auxiliary losses and what its layers
+    hand each other (FSDP's hooks rebuild the containers in a block's arguments) included."""
     cfg = compose_config([f"variant={variant}", "logger=none", "data.batch_size=4", "data.seq_len=16", "train.grad_accum=2"])
+    sharded = Trainer(cfg, tmp_path, World(parallel="fsdp"))
+    assert all(isinstance(p, DTensor) for p in sharded.model.parameters())
+    want_loss, _ = sharded.train_step(0)
+    want_aux = dict(sharded.last_aux)
     trainer = Trainer(cfg, tmp_path, process_group)
     assert trainer.ddp is not None
     for step in range(2):
-        trainer.train_step(step)
+        loss, finite = trainer.train_step(step)
+        if step == 0:
+            assert torch.allclose(loss, want_loss, atol=1e-6) and trainer.last_aux.keys() == want_aux.keys()
+            assert all(torch.allclose(trainer.last_aux[k], want_aux[k], atol=1e-6) for k in want_aux)
 
 
 def flip_byte(path: Path, at: int) -> None:
