@@ -297,9 +297,10 @@ def check_resume(resume: str) -> None:
     if resume in RESUME_MODES:
         return
     path = Path(resume)
-    if not path.is_file():
+    # An FSDP run's step checkpoints are directories (qkvlab/train/checkpoint.py).
+    if not (path.is_file() or (path.is_dir() and path.suffix == ".dcp")):
         raise ConfigError(
-            f"train.resume={resume!r} is not a checkpoint file; give an existing .pt path, or auto / never"
+            f"train.resume={resume!r} is not a checkpoint file; give an existing .pt file or .dcp directory, or auto / never"
         )
     if not os.access(path, os.R_OK):
         raise ConfigError(f"train.resume={resume!r} is not readable; fix its permissions or pick another checkpoint")

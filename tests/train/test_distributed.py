@@ -16,7 +16,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from qkvlab.checks import compose_config
-from qkvlab.config import CONF_DIR
+from qkvlab.config import CONF_DIR, check_resume
 from qkvlab.errors import ConfigError
 from qkvlab.runlock import hold
 from qkvlab.train.checkpoint import good_checkpoints, read_checkpoint
@@ -240,3 +240,13 @@ def test_a_damaged_shard_is_skipped_like_a_damaged_file(process_group, tmp_path)
         f"qkvlab: checkpoint {saved[2]} is corrupt: checksum mismatch (shard __0_0.distcp is damaged); falling back to the previous one",
         f"qkvlab: checkpoint {saved[1]} is unverifiable: its checksum file checksums.json is missing; falling back to the previous one",
     ]
+    check_resume(str(saved[0]))  # train.resume= takes a sharded checkpoint's directory too
+
+
+def test_fsdp_in_bf16_gathers_bf16_parameters_and_reduces_fp32_gradients(process_group, tmp_path):
+    cfg = compose_config(["logger=none", "data.batch_size=4", "data.seq_len=16", "train.parallel=fsdp", "train.precision=bf16"])
+    trainer = Trainer(cfg, tmp_path, World(parallel="fsdp"))
+    policy = trainer.model.blocks[0]._get_fsdp_state()._mp_policy
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert bool(trainer.train_step(0)[1])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # the sharded master weights
