@@ -7,7 +7,9 @@ error line), and its W&B run is finished.
 In a DDP job (qkvlab/train/distributed.py) every rank trains, and rank 0
 alone writes: run.json, summary.json, metrics.jsonl, checkpoints and W&B. It
 also picks the checkpoint to resume from (and rewinds the directory to it);
-the other ranks load that same file.
+the other ranks load that same file. Under FSDP every rank also writes its
+shards of each step checkpoint, and the ranks load the chosen checkpoint's
+weights together once rank 0 has chosen it (`Trainer.load_weights`).
 """
 
 from __future__ import annotations
