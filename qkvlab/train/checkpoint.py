@@ -154,13 +154,18 @@ def write_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int)
     try:
         atomic_torch_save(payload, path)
     except OSError as exc:
-        previous = next((p for s, p in step_checkpoints(run_dir) if s != step), None)
-        kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
-        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise CheckpointWriteError(f"could not write checkpoint {path}: {reason}; {kept}") from exc
+        raise write_failure(run_dir, step, path, exc) from exc
     for _, old in step_checkpoints(run_dir)[keep:]:
         remove_checkpoint(old)
     return path
+
+
+def write_failure(run_dir: Path, step: int, path: Path, exc: OSError) -> CheckpointWriteError:
+    """The one line for a checkpoint that could not be written, naming the one kept."""
+    previous = next((p for s, p in step_checkpoints(run_dir) if s != step), None)
+    kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
+    reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return CheckpointWriteError(f"could not write checkpoint {path}: {reason}; {kept}")
 
 
 def mark_final(path: Path) -> Path:

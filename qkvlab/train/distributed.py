@@ -17,8 +17,9 @@ data.batch_size (up to float rounding). Under gradient accumulation the
 gradients are all-reduced once per optimizer step, on the last micro-step
 (`DistributedDataParallel.no_sync` on the others), not after every backward.
 
-`train.parallel=fsdp` shards instead of replicating (PyTorch, "FSDP2: fully_shard";
-torchtitan's parallelize step does the same): `fully_shard` on each block, then on
+`train.parallel=fsdp` shards instead of replicating (PyTorch tutorial "Getting Started
+with Fully Sharded Data Parallel (FSDP2)", and the MixedPrecisionPolicy docstring;
+torchtitan's parallelize step wraps the same way): `fully_shard` on each block, then on
 the whole model, so a block's parameters are gathered just before it runs and
 freed after, and the root group holds the embedding table, the final norm and
 the head (a tied head is the table itself, one parameter, so it stays tied).

@@ -14,7 +14,6 @@ reads a finished run (eval, convert, generate, init_from) needs nothing new.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -31,11 +30,11 @@ from qkvlab.files import replace_atomically
 from qkvlab.train.checkpoint import (
     MANIFEST,
     STATE_FILE,
-    CheckpointWriteError,
     atomic_torch_save,
     remove_checkpoint,
     step_checkpoints,
     step_path,
+    write_failure,
     _CrcFile,
     _crc_of,
 )
@@ -86,8 +85,11 @@ def write_sharded_checkpoint(
     tmp = path.with_name(path.name + ".tmp")
 
     def prepare() -> None:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        except OSError as exc:
+            raise write_failure(run_dir, step, path, exc) from exc
 
     world.from_main(prepare)
     weights, moments = get_state_dict(model, optimizer)
@@ -110,10 +112,7 @@ def write_sharded_checkpoint(
                   {name: v for part, _ in gathered for name, v in part.items()})
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            previous = next((p for s, p in step_checkpoints(run_dir) if s != step), None)
-            kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
-            reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-            raise CheckpointWriteError(f"could not write checkpoint {path}: {reason}; {kept}") from exc
+            raise write_failure(run_dir, step, path, exc) from exc
         for _, old in step_checkpoints(run_dir)[keep:]:
             remove_checkpoint(old)
         return path
