@@ -22,6 +22,7 @@ from qkvlab.runlock import hold
 from qkvlab.train.checkpoint import good_checkpoints, read_checkpoint
 from qkvlab.train.distributed import World, check_parallel, resolve_parallel
 from qkvlab.train.loop import Trainer
+from qkvlab.train.resume import clear_checkpoints, remove_temporaries
 from qkvlab.train.run import run
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -242,6 +243,11 @@ def test_a_damaged_shard_is_skipped_like_a_damaged_file(process_group, tmp_path)
         f"qkvlab: checkpoint {saved[1]} is unverifiable: its checksum file checksums.json is missing; falling back to the previous one",
     ]
     check_resume(str(saved[0]))  # train.resume= takes a sharded checkpoint's directory too
+    cut_short = saved[0].parent / "step_00000004.dcp.tmp"  # a write that a crash cut short
+    cut_short.mkdir()
+    remove_temporaries(tmp_path)
+    assert not cut_short.exists()
+    assert clear_checkpoints(tmp_path) == 3 and not any((tmp_path / "checkpoints").iterdir())
 
 
 def test_fsdp_in_bf16_gathers_bf16_parameters_and_reduces_fp32_gradients(process_group, tmp_path):
