@@ -33,8 +33,9 @@ INITS = ("gpt2", "pytorch")
 MATCH_MODES = ("none", "mlp", "layers")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
-# auto: DDP when a launcher (torchrun) started more than one process, one process otherwise.
-PARALLELS = ("auto", "none", "ddp")
+# auto: DDP when a launcher (torchrun) started more than one process, one process otherwise;
+# fsdp: FSDP2, parameters, gradients and optimizer state sharded over the processes.
+PARALLELS = ("auto", "none", "ddp", "fsdp")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 NONFINITE_POLICIES = ("skip", "stop")
 RESUME_MODES = ("auto", "never")
@@ -186,7 +187,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     compile: bool = False
-    # auto: ddp under torchrun with more than one process, none otherwise (qkvlab/train/distributed.py).
+    # auto: ddp under torchrun with more than one process, none otherwise; fsdp: FSDP2 (qkvlab/train/distributed.py).
     parallel: str = "auto"
     progress: bool = True
     # auto: continue from the run directory's latest good checkpoint; never: start
@@ -296,9 +297,10 @@ def check_resume(resume: str) -> None:
     if resume in RESUME_MODES:
         return
     path = Path(resume)
-    if not path.is_file():
+    # An FSDP run's step checkpoints are directories (qkvlab/train/checkpoint.py).
+    if not (path.is_file() or (path.is_dir() and path.suffix == ".dcp")):
         raise ConfigError(
-            f"train.resume={resume!r} is not a checkpoint file; give an existing .pt path, or auto / never"
+            f"train.resume={resume!r} is not a checkpoint file; give an existing .pt file or .dcp directory, or auto / never"
         )
     if not os.access(path, os.R_OK):
         raise ConfigError(f"train.resume={resume!r} is not readable; fix its permissions or pick another checkpoint")

@@ -12,6 +12,7 @@ init (`model.init=pytorch`).
 from __future__ import annotations
 
 import math
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -164,7 +165,7 @@ class Transformer(nn.Module):
             x = x + self.pos_emb(torch.arange(start_pos, start_pos + T, device=idx.device))
         x = self.drop(x)
         rope = self.rope(0, start_pos + T, decoding=cache is not None)
-        shared = {} if shared is None else shared  # cross-layer K/V by layer index, auxiliary losses under AUX, "pass"
+        shared = Shared({} if shared is None else shared)  # cross-layer K/V by layer index, auxiliary losses under AUX, "pass"
         for n in range(self.passes):
             shared["pass"] = n
             for i, block in enumerate(self.blocks):
@@ -175,8 +176,34 @@ class Transformer(nn.Module):
         """Logits and the auxiliary losses the layers added (each summed over layers): what training and
         evaluation call, so `forward` stays logits only for decoding, generate and bench."""
         shared: dict = {}
-        logits = self(idx, shared=shared)
+        logits = self(idx, shared=Shared(shared))
         return logits, dict(shared.get(AUX, {}))
+
+
+class Shared(MutableMapping):
+    """What layers hand each other in one forward, as a mapping that is not a dict. Wrappers that run
+    a block (FSDP2's hooks, which re-wrap tensors needing gradients; its input casts; DDP's device moves)
+    rebuild every dict, list and tuple in the block's arguments, so a layer writing into a dict would
+    write into a copy the next layer never sees. A mapping of another kind they pass through untouched;
+    it writes through to the dict it wraps, the caller's."""
+
+    def __init__(self, data: dict):
+        self.data = data.data if isinstance(data, Shared) else data
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def __setitem__(self, key, value) -> None:
+        self.data[key] = value
+
+    def __delitem__(self, key) -> None:
+        del self.data[key]
+
+    def __iter__(self):
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
 
 
 def attention_spec(cfg: Config) -> AttentionSpec:

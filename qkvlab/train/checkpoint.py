@@ -8,6 +8,17 @@ sidecar is missing or unreadable cannot be verified and is never loaded: a
 flipped byte in a tensor loads without complaint and resumes with other
 weights. (The sidecar is renamed into place before the checkpoint, so a crash
 between the two leaves an orphan sidecar, never an unverifiable checkpoint.)
+
+An FSDP run's step checkpoints are directories, `step_<n>.dcp`, written by
+every rank through torch.distributed.checkpoint (qkvlab/train/sharded_checkpoint.py):
+each rank's shards (`__<rank>_0.distcp`), the index (`.metadata`), and rank 0's
+loop state, RNG and run identity (`state.pt`). `checksums.json` holds the size
+and CRC32 of every one of those files, so the same guarantees hold: a missing
+or damaged shard is named and the checkpoint skipped. `load_training_state` is
+the one loader: either format, into a plain, DDP or FSDP model, optimizer
+state included (PyTorch, "Distributed Checkpoint" and
+torch.distributed.checkpoint.state_dict; the full-state read of a sharded
+checkpoint is what torch's format_utils.dcp_to_torch_save does).
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import zlib
 from pathlib import Path
 from typing import Any, Iterator
@@ -29,7 +41,10 @@ from qkvlab.errors import ConfigError
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final.pt"
-_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+_STEP_FILE = re.compile(r"^step_(\d+)\.(pt|dcp)$")
+SHARDED = ".dcp"
+MANIFEST = "checksums.json"
+STATE_FILE = "state.pt"
 _REQUIRED = ("format_version", "step", "config", "model", "optimizer", "rng", "loop")
 
 
@@ -76,8 +91,8 @@ class _CrcFile:
         self.f.flush()
 
 
-def step_path(run_dir: Path, step: int) -> Path:
-    return Path(run_dir) / CHECKPOINTS / f"step_{step:08d}.pt"
+def step_path(run_dir: Path, step: int, sharded: bool = False) -> Path:
+    return Path(run_dir) / CHECKPOINTS / f"step_{step:08d}{SHARDED if sharded else '.pt'}"
 
 
 def sum_path(path: Path) -> Path:
@@ -85,7 +100,10 @@ def sum_path(path: Path) -> Path:
 
 
 def remove_checkpoint(path: Path) -> None:
-    """A checkpoint and its checksum sidecar."""
+    """A checkpoint and its checksum sidecar (a sharded one: its directory)."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+        return
     path.unlink(missing_ok=True)
     sum_path(path).unlink(missing_ok=True)
 
@@ -136,13 +154,18 @@ def write_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int)
     try:
         atomic_torch_save(payload, path)
     except OSError as exc:
-        previous = next((p for s, p in step_checkpoints(run_dir) if s != step), None)
-        kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
-        reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise CheckpointWriteError(f"could not write checkpoint {path}: {reason}; {kept}") from exc
+        raise write_failure(run_dir, step, path, exc) from exc
     for _, old in step_checkpoints(run_dir)[keep:]:
         remove_checkpoint(old)
     return path
+
+
+def write_failure(run_dir: Path, step: int, path: Path, exc: OSError) -> CheckpointWriteError:
+    """The one line for a checkpoint that could not be written, naming the one kept."""
+    previous = next((p for s, p in step_checkpoints(run_dir) if s != step), None)
+    kept = f"the previous checkpoint {previous} is kept" if previous else "no earlier checkpoint exists"
+    reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return CheckpointWriteError(f"could not write checkpoint {path}: {reason}; {kept}")
 
 
 def mark_final(path: Path) -> Path:
@@ -183,23 +206,131 @@ def _expected(path: Path) -> dict[str, int]:
     return expected
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The payload of a qkvlab checkpoint, or CorruptCheckpoint saying in a few words what is wrong."""
-    path = Path(path)
-    expected = _expected(path)
+def _verify(path: Path, expected: dict[str, int], what: str | None = None) -> None:
     size = path.stat().st_size
     if size != expected["bytes"]:
-        raise CorruptCheckpoint(f"truncated ({size:,} of {expected['bytes']:,} bytes)")
+        raise CorruptCheckpoint(f"truncated ({what + ': ' if what else ''}{size:,} of {expected['bytes']:,} bytes)")
     if _crc_of(path) != expected["crc32"]:
-        raise CorruptCheckpoint("checksum mismatch (the file is damaged)")
+        raise CorruptCheckpoint(f"checksum mismatch ({what or 'the file'} is damaged)")
+
+
+def _load_payload(path: Path) -> Any:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CorruptCheckpoint(f"unreadable ({first[:120]})") from exc
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The payload of a qkvlab checkpoint, or CorruptCheckpoint saying in a few words what is wrong.
+    A sharded checkpoint's payload holds the weights' shapes (meta tensors) under "model" and its
+    directory under "sharded": `load_training_state` reads the tensors."""
+    path = Path(path)
+    if path.is_dir():
+        return _read_sharded(path)
+    _verify(path, _expected(path))
+    payload = _load_payload(path)
     if not isinstance(payload, dict) or "model" not in payload:
         raise CorruptCheckpoint("not a qkvlab checkpoint")
     return payload
+
+
+def _manifest(path: Path) -> dict[str, dict[str, int]]:
+    side = path / MANIFEST
+    try:
+        files = json.loads(side.read_text())["files"]
+    except FileNotFoundError:
+        raise UnverifiableCheckpoint(f"unverifiable: its checksum file {MANIFEST} is missing") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UnverifiableCheckpoint(f"unverifiable: its checksum file {MANIFEST} is unreadable ({type(exc).__name__})") from None
+    ok = isinstance(files, dict) and STATE_FILE in files and all(
+        isinstance(v, dict) and isinstance(v.get("bytes"), int) and isinstance(v.get("crc32"), int) for v in files.values()
+    )
+    if not ok:
+        raise UnverifiableCheckpoint(f"unverifiable: its checksum file {MANIFEST} is not a size and CRC32 per file")
+    return files
+
+
+def _read_sharded(path: Path) -> dict[str, Any]:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    for name, expected in sorted(_manifest(path).items()):
+        if not (path / name).is_file():
+            raise CorruptCheckpoint(f"incomplete (shard {name} is missing)")
+        _verify(path / name, expected, f"shard {name}")
+    payload = _load_payload(path / STATE_FILE)
+    if not isinstance(payload, dict) or "loop" not in payload:
+        raise CorruptCheckpoint("not a qkvlab checkpoint")
+    try:
+        index = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    except Exception as exc:
+        raise CorruptCheckpoint(f"unreadable index ({type(exc).__name__})") from exc
+    shapes = {k[len("model."):]: torch.empty(v.size, device="meta") for k, v in index.items() if k.startswith("model.") and hasattr(v, "size")}
+    return {**payload, "model": shapes, "optimizer": None, "sharded": str(path)}
+
+
+def _full_sharded_state(path: str) -> dict[str, Any]:
+    """Every tensor of a sharded checkpoint, whole, read by this process alone."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    full: dict[str, Any] = {}
+    _load_state_dict(full, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    return full
+
+
+def _is_sharded(model: torch.nn.Module) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _optimizer_by_name(model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> dict[str, Any]:
+    """torch's optimizer state (parameters numbered in group order) keyed by parameter name instead,
+    the form torch.distributed.checkpoint.state_dict takes; the optimizer is built the same way at any world size."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    order = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    groups = [{**g, "params": [order[i] for i in g["params"]]} for g in saved["param_groups"]]
+    return {"state": {order[i]: v for i, v in saved["state"].items()}, "param_groups": groups}
+
+
+def load_training_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, payload: dict[str, Any]) -> None:
+    """Weights and optimizer state from either format into a plain, DDP or FSDP model. Into an FSDP
+    model every rank calls this together (it scatters and gathers); into any other, each alone."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+        set_state_dict,
+    )
+
+    sharded_model = _is_sharded(model)
+    if payload.get("sharded") and sharded_model:
+        import torch.distributed.checkpoint as dcp
+
+        weights, moments = get_state_dict(model, optimizer)
+        state = {"model": weights, "optimizer": moments}
+        dcp.load(state, checkpoint_id=payload["sharded"])
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        return
+    if payload.get("sharded"):
+        full = _full_sharded_state(payload["sharded"])
+        weights, moments = full["model"], full["optimizer"]
+    else:
+        weights, moments = payload["model"], payload["optimizer"]
+    by_index = all(isinstance(k, int) for k in moments["state"])
+    if not sharded_model:
+        model.load_state_dict(weights)
+        if by_index:
+            optimizer.load_state_dict(moments)
+            return
+    else:
+        set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+    named = _optimizer_by_name(model, optimizer, moments) if by_index else moments
+    set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
 
 
 def good_checkpoints(run_dir: Path, say=print) -> Iterator[tuple[Path, dict[str, Any]]]:

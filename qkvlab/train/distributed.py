@@ -1,4 +1,4 @@
-"""Training in several processes: torch.distributed DDP, launched by torchrun.
+"""Training in several processes: torch.distributed DDP or FSDP2, launched by torchrun.
 
 torchrun starts one process per device and tells each its RANK, LOCAL_RANK and
 WORLD_SIZE in the environment (PyTorch, "torchrun (Elastic Launch)"). `session`
@@ -17,6 +17,25 @@ data.batch_size (up to float rounding). Under gradient accumulation the
 gradients are all-reduced once per optimizer step, on the last micro-step
 (`DistributedDataParallel.no_sync` on the others), not after every backward.
 
+`train.parallel=fsdp` shards instead of replicating (PyTorch tutorial "Getting Started
+with Fully Sharded Data Parallel (FSDP2)", and the MixedPrecisionPolicy docstring;
+torchtitan's parallelize step wraps the same way): `fully_shard` on each block, then on
+the whole model, so a block's parameters are gathered just before it runs and
+freed after, and the root group holds the embedding table, the final norm and
+the head (a tied head is the table itself, one parameter, so it stays tied).
+Gradients are reduce-scattered and AdamW keeps only this rank's shard of its
+moments. Under accumulation `set_requires_gradient_sync(False)` skips the
+reduce-scatter on every micro-step but the last, as `no_sync` does for DDP.
+Gradients are DTensors: the norm for clipping is reduced over the shards
+before any gradient is scaled (`grad_norm_`). With train.precision=bf16 the
+policy is `MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32)`:
+parameters are gathered in bf16 (half the traffic) and gradients reduced in
+fp32, while the sharded master weights and the optimizer stay fp32. The loop's
+bf16 autocast stays on as under DDP, so the numerically touchy operations it
+keeps in fp32 (softmax, norms, the loss) stay in fp32: the policy decides what
+travels, autocast what each operation computes in. Evaluation runs the ranks
+in lockstep, because each forward gathers parameters from every rank.
+
 Only rank 0 writes the run directory. It takes the run directory's lock and
 decides whether the job trains (`Gate`); the other ranks wait for that
 decision, so none starts before rank 0 holds the directory and none hangs
@@ -34,6 +53,7 @@ from typing import Callable, Iterator, Mapping, Optional, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from qkvlab.config import Config
 from qkvlab.data.source import Batch
@@ -41,6 +61,8 @@ from qkvlab.errors import ConfigError
 from qkvlab.train.device import pick_device
 
 T = TypeVar("T")
+# The parallelisms that run several processes.
+SHARING = ("ddp", "fsdp")
 # What the gate sends for "train": any other value is the exit code rank 0 stopped with.
 GO = -1
 
@@ -71,12 +93,18 @@ def check_parallel(cfg: Config, env: Mapping[str, str] = os.environ) -> None:
             "train.parallel=ddp needs torchrun, which sets WORLD_SIZE (it is not set); launch with "
             "torchrun --nproc_per_node=N -m qkvlab train ..., or use train.parallel=auto"
         )
+    if t.parallel == "fsdp" and world is None:
+        raise ConfigError(
+            "train.parallel=fsdp needs torchrun, which sets WORLD_SIZE (it is not set); launch with "
+            "torchrun --nproc_per_node=N -m qkvlab train ... train.parallel=fsdp"
+        )
     if t.parallel == "none" and (world or 1) > 1:
         raise ConfigError(
             f"train.parallel=none under a launcher with WORLD_SIZE={world} would train {world} copies of one run; "
             "use train.parallel=auto (ddp), or launch a single process"
         )
-    if resolve_parallel(t.parallel, env) != "ddp":
+    parallel = resolve_parallel(t.parallel, env)
+    if parallel not in SHARING:
         return
     if d.batch_size % world:
         raise ConfigError(
@@ -90,7 +118,7 @@ def check_parallel(cfg: Config, env: Mapping[str, str] = os.environ) -> None:
             f"by the {world} processes; make data.train_size a multiple of {world}"
         )
     if t.device == "mps":
-        raise ConfigError("train.parallel=ddp trains on cpu or cuda (torch.distributed has no MPS backend); set train.device=cpu")
+        raise ConfigError(f"train.parallel={parallel} trains on cpu or cuda (torch.distributed has no MPS backend); set train.device=cpu")
 
 
 class AuxForward(nn.Module):
@@ -120,7 +148,12 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.parallel == "ddp"
+        return self.parallel in SHARING
+
+    @property
+    def sharded(self) -> bool:
+        """Parameters and optimizer state live in shards (FSDP): checkpoints are written by every rank."""
+        return self.parallel == "fsdp"
 
     def device(self, device: torch.device) -> torch.device:
         """Each CUDA rank owns the GPU torchrun numbered it (LOCAL_RANK)."""
@@ -137,11 +170,15 @@ class World:
         part = slice(self.rank * rows, (self.rank + 1) * rows)
         return x[part], y[part]
 
-    def wrap(self, model: nn.Module, device: torch.device) -> Optional[nn.Module]:
-        """The DDP module training runs the model through; None in a single process.
+    def wrap(self, model: nn.Module, device: torch.device, precision: str = "fp32") -> Optional[nn.Module]:
+        """The DDP module training runs the model through; None in a single process and under FSDP,
+        which shards `model` in place (build the optimizer after this, on the sharded parameters).
 
         Buffers (RoPE tables) are the same on every rank and never trained, so they are
         not broadcast before each forward: that would be a second collective per micro-step."""
+        if self.sharded:
+            shard_model(model, device, self.size, precision)
+            return None
         if not self.distributed:
             return None
         ids = [device.index] if device.type == "cuda" else None
@@ -150,9 +187,13 @@ class World:
         quiet = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
         return ddp(AuxForward(model), device_ids=ids, **{quiet: False})
 
-    def no_sync(self, ddp: Optional[nn.Module], last: bool):
-        """Skip the gradient all-reduce on every micro-step but the last."""
-        return ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
+    def no_sync(self, module: nn.Module, last: bool):
+        """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP) on every micro-step but the last."""
+        if isinstance(module, nn.parallel.DistributedDataParallel):
+            return module.no_sync() if not last else contextlib.nullcontext()
+        if self.sharded:
+            module.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
 
     def mean(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each value averaged over the ranks, in one all-reduce."""
@@ -200,6 +241,29 @@ class World:
 SINGLE = World()
 
 
+def shard_model(model: nn.Module, device: torch.device, size: int, precision: str) -> None:
+    """FSDP2 in place: each block a group of its own, then the root (embeddings, final norm, head)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device.type, (size,))
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16" else MixedPrecisionPolicy()
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+
+
+def grad_norm_(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """The gradients' global L2 norm, and clip them to `max_norm` when it is positive. Sharded (DTensor)
+    gradients give a norm that is partial per rank; it is reduced over the ranks before anything is scaled."""
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    if max_norm > 0:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
+
+
 class Gate:
     """Rank 0's decision whether the job trains, sent once to the ranks waiting in `wait_for_go`:
     GO from `open()`, or, when the block ends without it, the exit code rank 0 leaves with."""
@@ -237,13 +301,14 @@ def backend_for(device: torch.device) -> str:
 @contextlib.contextmanager
 def session(parallel: str, device_name: str, env: Mapping[str, str] = os.environ) -> Iterator[World]:
     """The job's World: the process group is set up here and torn down on the way out."""
-    if resolve_parallel(parallel, env) != "ddp":
+    parallel = resolve_parallel(parallel, env)
+    if parallel not in SHARING:
         yield SINGLE
         return
     device = pick_device(device_name)
     world = World(
         rank=int(env["RANK"]), size=int(env["WORLD_SIZE"]), local_rank=int(env.get("LOCAL_RANK", 0)),
-        parallel="ddp", backend=backend_for(device),
+        parallel=parallel, backend=backend_for(device),
     )
     if dist.is_initialized():  # a caller set it up (a test, an embedding program): theirs to tear down
         yield world

@@ -22,7 +22,7 @@ Exit codes of `qkvlab train` (a single run):
 In a sweep (-m) a failing job does not stop the others; the sweep ends with a
 table of the jobs that did not complete and exits 1 if there were any.
 
-Under torchrun (train.parallel=auto|ddp) every rank runs this job. Rank 0
+Under torchrun (train.parallel=auto|ddp|fsdp) every rank runs this job. Rank 0
 takes the lock and makes every decision above; the other ranks wait for its
 go (qkvlab/train/distributed.py Gate), train in step with it, and stop with
 its exit code without repeating its messages. A signal to any rank stops every

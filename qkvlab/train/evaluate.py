@@ -10,6 +10,8 @@ compares across steps and variants (0: symmetric, as Q=K with RoPE is; at most 2
 In a DDP job each rank scores every W-th validation batch, and the ranks' sums of losses and counts
 are added before any division, so val/loss is the one-process figure on the same tokens (not a mean
 of the ranks' means); every rank computes val/symmetry on the first batch's rows, as one process does.
+Under FSDP every forward gathers parameters from all ranks, so the ranks run the same number of
+forwards: one whose share of the last round is empty runs the round's first batch and discards it.
 """
 
 from __future__ import annotations
@@ -47,7 +49,11 @@ def evaluate(
         aux_sum = {name: torch.zeros((), dtype=torch.float64, device=device) for name in aux_names(model)}
     scored, rows, n_batches = 0, 0, 0
     sample = None
+    seen, round_first = 0, None
     for i, (x, y) in enumerate(batches):
+        seen = i + 1
+        if i % world.size == 0:
+            round_first = x
         if stop is not None and stop():
             model.train(was_training)
             return None
@@ -71,6 +77,9 @@ def evaluate(
             row_has_target = mask.any(dim=1)
             exact += ((hit | ~mask).all(dim=1) & row_has_target).sum()
             rows += int(row_has_target.sum())
+    if world.sharded and seen % world.size and world.rank >= seen % world.size:
+        with amp:
+            model.forward_with_aux(round_first.to(device))
     if sample is not None:
         with amp:
             symmetry = mean_symmetry(model, sample)

@@ -48,12 +48,13 @@ from qkvlab.model.attention import aux_weight
 from qkvlab.model.flops import matmul_params, train_flops_per_token
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.budget import resolve_steps, tokens_after, tokens_per_step
-from qkvlab.train.checkpoint import check_shapes, mark_final, step_path, write_checkpoint
+from qkvlab.train.checkpoint import FINAL, check_shapes, load_training_state, mark_final, step_path, write_checkpoint
 from qkvlab.train.distill import RECORD, check_resume_without_teacher, make_distiller
 from qkvlab.train.device import autocast, compute_dtype, configure_device, pick_device, precision_choice
-from qkvlab.train.distributed import SINGLE, World
+from qkvlab.train.distributed import SINGLE, World, grad_norm_
 from qkvlab.train.evaluate import evaluate
 from qkvlab.train.init_from import start_weights
+from qkvlab.train.sharded_checkpoint import write_consolidated, write_sharded_checkpoint
 from qkvlab.train.optim import lr_at, make_optimizer
 from qkvlab.train.progress import progress_bar
 from qkvlab.train.signals import Preempted, StopRequest
@@ -164,16 +165,7 @@ class Trainer:
         started_from = start_weights(cfg, self.model, self.data, vocab)
         self.cfg = cfg = resolve_steps(cfg, matmul_params(self.model))
         self.distiller = make_distiller(cfg, self.data, vocab, self.device, self.amp)
-        self.optimizer = make_optimizer(self.model, cfg.optim, self.device)
-        self.skip_on_device = bool(self.optimizer.defaults.get("fused"))
-        self.ddp = world.wrap(self.model, self.device)
-        forward = self.ddp if self.ddp is not None else self.model.forward_with_aux
-        self.step_fn = torch.compile(forward) if cfg.train.compile else forward
-        self.aux_weight = aux_weight(cfg)
-        # The last step's auxiliary losses (means over its micro-batches), device tensors by name.
-        self.last_aux: dict[str, torch.Tensor] = {}
-        # The last step's distillation terms (means over its micro-batches), device tensors by name.
-        self.last_terms: dict[str, torch.Tensor] = {}
+        # Counted before FSDP shards the parameters (a rank then holds only its part of each).
         self.info = RunInfo(
             device=str(self.device),
             precision=self.precision,
@@ -181,6 +173,16 @@ class Trainer:
             precision_reason=self.precision_reason,
             stats={**model_stats(cfg, self.model, self.spec, self.precision), **started_from, **parallel_stats(cfg, world)},
         )
+        self.ddp = world.wrap(self.model, self.device, self.precision)
+        self.optimizer = make_optimizer(self.model, cfg.optim, self.device)
+        self.skip_on_device = bool(self.optimizer.defaults.get("fused"))
+        forward = self.ddp if self.ddp is not None else self.model.forward_with_aux
+        self.step_fn = torch.compile(forward) if cfg.train.compile else forward
+        self.aux_weight = aux_weight(cfg)
+        # The last step's auxiliary losses (means over its micro-batches), device tensors by name.
+        self.last_aux: dict[str, torch.Tensor] = {}
+        # The last step's distillation terms (means over its micro-batches), device tensors by name.
+        self.last_terms: dict[str, torch.Tensor] = {}
         if self.distiller is not None:
             self.info.stats.update(self.distiller.record)
         self.tokens_per_step = tokens_per_step(cfg)
@@ -190,6 +192,8 @@ class Trainer:
         # weights that overflowed in the update before it save fine and only fail the next step.
         self.good_checkpoint: Path | None = None
         self._unconfirmed: Path | None = None
+        # A chosen checkpoint's payload whose weights are not loaded yet (`load_weights`).
+        self._owed_weights: dict[str, Any] | None = None
         self._own_stream()
 
     def _own_stream(self) -> None:
@@ -200,13 +204,13 @@ class Trainer:
             seed = np.random.SeedSequence([self.cfg.seed, self.world.rank, self.state.step]).generate_state(1)[0]
             torch.manual_seed(int(seed))
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, weights: bool = True) -> dict[str, Any]:
+        """`weights=False`: all but the model and optimizer, which a sharded checkpoint writes apart."""
         return {
             "config": as_dict(self.cfg),
             "vocab_size": self.info.vocab_size,
             "data": self.data.identity,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            **({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()} if weights else {}),
             "rng": rng_state(),
             "loop": asdict(self.state),
             **({RECORD: self.distiller.record} if self.distiller is not None else {}),
@@ -220,21 +224,43 @@ class Trainer:
             self.distiller.check_resume(payload.get(RECORD, MISSING), path)
         else:
             check_resume_without_teacher(payload.get(RECORD, MISSING), path)
-        self.model.load_state_dict(payload["model"])
-        self.optimizer.load_state_dict(payload["optimizer"])
+        self._owed_weights = payload
+        if not self.world.sharded:
+            self.load_weights()
         set_rng_state(payload["rng"])
         self.state = LoopState(**payload["loop"])
         self._own_stream()
         self.last_checkpoint = self._unconfirmed = path
 
+    def load_weights(self) -> None:
+        """The weights and optimizer state of the checkpoint `load_state_dict` took. Under FSDP every
+        rank loads together, after rank 0 chose the checkpoint (qkvlab/train/run.py)."""
+        payload, self._owed_weights = self._owed_weights, None
+        if payload is not None:
+            load_training_state(self.model, self.optimizer, payload)
+
     def save(self) -> Path:
-        """Rank 0 writes the checkpoint (the unwrapped model's weights: one file at any world size)."""
-        if self.world.is_main:
-            path = write_checkpoint(self.run_dir, self.state.step, self.state_dict(), self.cfg.train.keep_checkpoints)
+        """Rank 0 writes the checkpoint (the unwrapped model's weights: one file at any world size);
+        under FSDP every rank writes its shards (qkvlab/train/sharded_checkpoint.py)."""
+        step, keep = self.state.step, self.cfg.train.keep_checkpoints
+        if self.world.sharded:
+            state = self.state_dict(weights=False) if self.world.is_main else {}
+            path = write_sharded_checkpoint(self.run_dir, step, state, self.model, self.optimizer, keep, self.world)
+        elif self.world.is_main:
+            path = write_checkpoint(self.run_dir, step, self.state_dict(), keep)
         else:
-            path = step_path(self.run_dir, self.state.step)
+            path = step_path(self.run_dir, step)
         self.last_checkpoint = self._unconfirmed = path
         return path
+
+    def finish(self) -> None:
+        """checkpoints/final.pt: the last step checkpoint, one file at any world size."""
+        if self.world.sharded:
+            state = self.state_dict(weights=False) if self.world.is_main else {}
+            final = self.last_checkpoint.parent / FINAL
+            write_consolidated(final, self.state.step, state, self.model, self.optimizer, self.world)
+        elif self.world.is_main:
+            mark_final(self.last_checkpoint)
 
     def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step: (mean loss, finite) as device tensors; no update when not finite."""
@@ -255,7 +281,7 @@ class Trainer:
                 # Pinned host memory makes the copy asynchronous: the host runs ahead of the GPU.
                 x, y = x.pin_memory(), y.pin_memory()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            with self.world.no_sync(self.ddp, last=micro == cfg.train.grad_accum - 1):
+            with self.world.no_sync(self.ddp if self.ddp is not None else self.model, last=micro == cfg.train.grad_accum - 1):
                 with self.amp:
                     logits, aux = self.step_fn(x)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
@@ -270,10 +296,7 @@ class Trainer:
                 (objective / cfg.train.grad_accum).backward()
             total += loss.detach()
         params = [p for p in self.model.parameters() if p.grad is not None]
-        if cfg.optim.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
-        else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        norm = grad_norm_(params, cfg.optim.grad_clip)
         mean = total / cfg.train.grad_accum
         self.last_aux = {name: value / cfg.train.grad_accum for name, value in aux_total.items()}
         self.last_terms = {name: value / cfg.train.grad_accum for name, value in terms_total.items()}
@@ -456,11 +479,10 @@ class Trainer:
                 f"the final validation gave {', '.join(f'{k}={v}' for k, v in bad.items())} at step {t.steps}, "
                 f"so the run is not complete; {self.checkpoint_verdict()}; lower optim.lr or raise optim.warmup_steps"
             )
-        if self.last_checkpoint is None or step_path(self.run_dir, t.steps) != self.last_checkpoint:
+        if self.last_checkpoint is None or step_path(self.run_dir, t.steps, self.world.sharded) != self.last_checkpoint:
             st.wall_time = wall_before + time.perf_counter() - segment_start
             self.save()
-        if self.world.is_main:
-            mark_final(self.last_checkpoint)
+        self.finish()
         tokens = tokens_after(cfg, t.steps)
         return {
             **st.val,

@@ -23,6 +23,7 @@ from qkvlab.rundir import RUN_FILE, read_metrics, read_run_meta
 from qkvlab.files import write_json_atomic, write_text_atomic
 from qkvlab.train.checkpoint import (
     CHECKPOINTS,
+    SHARDED,
     CheckpointError,
     CorruptCheckpoint,
     check_resumable,
@@ -79,9 +80,9 @@ def clear_checkpoints(run_dir: Path) -> int:
     removed = 0
     if folder.is_dir():
         for p in folder.iterdir():
-            if p.is_file() and (p.suffix in (".pt", ".sum", ".tmp")):
-                p.unlink()
-                removed += p.suffix == ".pt"
+            if p.suffix in (".pt", ".sum", ".tmp", SHARDED):
+                remove_checkpoint(p)
+                removed += p.suffix in (".pt", SHARDED)
     return removed
 
 
@@ -98,7 +99,7 @@ def remove_temporaries(run_dir: Path) -> None:
     for folder in (Path(run_dir), Path(run_dir) / CHECKPOINTS):
         if folder.is_dir():
             for p in folder.glob("*.tmp"):
-                p.unlink(missing_ok=True)
+                remove_checkpoint(p)
 
 
 def restore(trainer, run_dir: Path, say: Callable[[str], None] = print) -> Optional[Path]:

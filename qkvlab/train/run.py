@@ -7,7 +7,9 @@ error line), and its W&B run is finished.
 In a DDP job (qkvlab/train/distributed.py) every rank trains, and rank 0
 alone writes: run.json, summary.json, metrics.jsonl, checkpoints and W&B. It
 also picks the checkpoint to resume from (and rewinds the directory to it);
-the other ranks load that same file.
+the other ranks load that same file. Under FSDP every rank also writes its
+shards of each step checkpoint, and the ranks load the chosen checkpoint's
+weights together once rank 0 has chosen it (`Trainer.load_weights`).
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ def run(
         with StopRequest(world) as stop:
             trainer = Trainer(cfg, run_dir, world)
             world.from_main(lambda: restore(trainer, run_dir))
+            trainer.load_weights()
             writer = MetricsWriter(run_dir, make_sinks(cfg, run_dir, trainer.info, meta["wandb_id"], overrides, in_sweep))
             result = trainer.fit(writer, stop)
         summary = {**base_summary(cfg, trainer.info), **result, "status": "completed"}
@@ -123,6 +126,7 @@ def follow(cfg: Config, run_dir: Path, world: World) -> dict[str, Any]:
         chosen = world.from_main(lambda: None)
         if chosen is not None:
             trainer.load_state_dict(read_checkpoint(chosen), chosen)
+        trainer.load_weights()
         return trainer.fit(NoWriter(), stop)
 
 

@@ -16,7 +16,8 @@ from qkvlab.cli import main
         ("train.resume=nowhere/step_00000010.pt", "train.resume='nowhere/step_00000010.pt' is not a checkpoint file"),
         ("train.keep_checkpoints=0", "train.keep_checkpoints=0 is out of range"),
         ("train.on_nonfinite=ignore", "train.on_nonfinite='ignore' is not valid; choose one of: skip, stop"),
-        ("train.parallel=fsdp", "train.parallel='fsdp' is not valid; choose one of: auto, none, ddp"),
+        ("train.parallel=zero3", "train.parallel='zero3' is not valid; choose one of: auto, none, ddp, fsdp"),
+        ("train.parallel=fsdp", "train.parallel=fsdp needs torchrun, which sets WORLD_SIZE (it is not set)"),
         ("train.parallel=ddp", "train.parallel=ddp needs torchrun, which sets WORLD_SIZE (it is not set)"),
     ],
 )

@@ -10,20 +10,23 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from torch.distributed.tensor import DTensor
 
 from qkvlab.checks import compose_config
-from qkvlab.config import CONF_DIR
+from qkvlab.config import CONF_DIR, check_resume
 from qkvlab.errors import ConfigError
 from qkvlab.runlock import hold
-from qkvlab.train.checkpoint import read_checkpoint, step_checkpoints
+from qkvlab.train.checkpoint import good_checkpoints, read_checkpoint, step_checkpoints
 from qkvlab.train.distributed import World, check_parallel, resolve_parallel
 from qkvlab.train.loop import Trainer
+from qkvlab.train.resume import clear_checkpoints, remove_temporaries
 from qkvlab.train.run import run
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -50,6 +53,11 @@ def test_batch_size_and_launcher_are_checked_in_one_line():
         check_parallel(compose_config(["data.train_size=35", "data.batch_size=8"]), {"WORLD_SIZE": "2"})
     check_parallel(cfg, {"WORLD_SIZE": "2"})
     assert [resolve_parallel("auto", env) for env in ({}, {"WORLD_SIZE": "1"}, {"WORLD_SIZE": "2"})] == ["none", "none", "ddp"]
+    with pytest.raises(ConfigError, match=r"^train.parallel=fsdp needs torchrun, which sets WORLD_SIZE \(it is not set\)"):
+        check_parallel(compose_config(["train.parallel=fsdp"]), {})
+    with pytest.raises(ConfigError, match=r"^data.batch_size=6 is the global batch, split over the 4 processes"):
+        check_parallel(compose_config(["train.parallel=fsdp", "data.batch_size=6"]), {"WORLD_SIZE": "4"})
+    assert resolve_parallel("fsdp", {"WORLD_SIZE": "2"}) == "fsdp"
 
 
 def test_ranks_split_each_global_batch_into_disjoint_slices():
@@ -76,7 +84,7 @@ def test_two_processes_train_what_one_does_with_one_all_reduce_per_step_and_rank
         assert sorted(p.name for p in (two / "checkpoints").iterdir()) == sorted(p.name for p in (one / "checkpoints").iterdir())
         for rank in (0, 1):
             counted = json.loads((tmp_path / "ddp" / f"{variant}-rank{rank}.json").read_text())
-            assert counted["all_reduces"] == counted["steps"] == 6, counted
+            assert counted["collectives"] == counted["steps"] == 6, counted
         s = kit.summary(two)
         assert (s["parallel"], s["world_size"], s["batch_per_device"]) == ("ddp", 2, 4)
         assert kit.summary(one)["world_size"] == 1
@@ -85,7 +93,7 @@ def test_two_processes_train_what_one_does_with_one_all_reduce_per_step_and_rank
 @pytest.mark.slow
 def test_a_torchrun_run_writes_once_and_resumes_with_one_process(tmp_path, torchrun, run_cli, kit):
     """`torchrun -m qkvlab train`: one summary, one row per step; its step-10 checkpoint resumed by one
-    process ends where the uninterrupted two-process run ended."""
+    process, and by two under FSDP, ends where the uninterrupted two-process run ended."""
     args = [*kit.TINY, "train.steps=20", "train.checkpoint_every=10"]
     res = torchrun(["-m", "qkvlab", "train", *args, "hydra.run.dir=two"])
     assert res.returncode == 0, res.stderr[-3000:]
@@ -103,6 +111,12 @@ def test_a_torchrun_run_writes_once_and_resumes_with_one_process(tmp_path, torch
     assert kit.summary(tmp_path / "one")["world_size"] == 1
     assert math.isclose(kit.summary(tmp_path / "one")["val/loss"], kit.summary(two)["val/loss"], rel_tol=1e-4)
 
+    res = torchrun(["-m", "qkvlab", "train", *args, "train.parallel=fsdp", f"train.resume={checkpoint}", "hydra.run.dir=sharded"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "parallel=fsdp over 2 processes: global batch 8, 4 rows per process" in res.stdout
+    assert_same_rows(kit.metrics(tmp_path / "sharded"), rows)
+    assert (tmp_path / "sharded" / "checkpoints" / "step_00000020.dcp" / "checksums.json").is_file()
+
 
 @pytest.mark.slow
 def test_the_run_directory_lock_holds_for_every_rank(tmp_path, torchrun, kit):
@@ -114,6 +128,57 @@ def test_the_run_directory_lock_holds_for_every_rank(tmp_path, torchrun, kit):
     assert res.returncode != 0
     assert res.stderr.count("qkvlab: error: run directory") == 1 and "is in use by pid" in res.stderr
     assert sorted(p.name for p in busy.iterdir()) == [".lock"]
+
+
+def interrupted_copy(run_dir: Path, to: Path, after: int) -> Path:
+    """`run_dir` as a run killed after its step-`after` checkpoint: later checkpoints and final.pt gone."""
+    shutil.copytree(run_dir, to)
+    for path in (to / "checkpoints").iterdir():
+        if path.name == "final.pt" or (path.name.startswith("step_") and int(path.name[5:13]) > after):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    return to
+
+
+@pytest.mark.slow
+def test_fsdp_trains_what_one_process_does_and_resumes_at_any_world_size(tmp_path, torchrun, kit):
+    """FSDP over two processes, mha and k_eq_v with gradient accumulation: the losses of one process with
+    the same global batch, one reduce-scatter per group and optimizer step, sharded step checkpoints and
+    one consolidated final.pt; killed after its step-6 checkpoint, the run resumes with one process and
+    with two and ends where the uninterrupted run ended, optimizer state included."""
+    # 9 validation batches: the second rank's share of the last round is empty, and it must still take part.
+    overrides = [*kit.TINY, "data.val_size=68", "train.parallel=fsdp", "train.steps=12", "train.grad_accum=2", "train.log_every=2",
+                 "train.eval_every=3", "train.checkpoint_every=6", "train.keep_checkpoints=3"]
+    res = torchrun([str(WORKER), str(tmp_path / "fsdp"), "mha,k_eq_v", *overrides])
+    assert res.returncode == 0, res.stderr[-3000:]
+    single = [o for o in overrides if o != "train.parallel=fsdp"]
+    for variant in ("mha", "k_eq_v"):
+        one = tmp_path / "one" / variant
+        run(compose_config([f"variant={variant}", *single]), one)
+        two = tmp_path / "fsdp" / variant
+        assert_same_rows(kit.metrics(two), kit.metrics(one))
+        assert sorted(p.name for p in (two / "checkpoints").iterdir()) == [
+            "final.pt", "final.pt.sum", "step_00000006.dcp", "step_00000012.dcp"]
+        assert sorted(p.name for p in (two / "checkpoints" / "step_00000006.dcp").iterdir()) == [
+            ".metadata", "__0_0.distcp", "__1_0.distcp", "checksums.json", "state.pt"]
+        final, reference = read_checkpoint(two / "checkpoints" / "final.pt"), read_checkpoint(one / "checkpoints" / "final.pt")
+        for name, tensor in reference["model"].items():
+            assert torch.allclose(final["model"][name], tensor, atol=1e-5), name
+        for rank in (0, 1):
+            counted = json.loads((tmp_path / "fsdp" / f"{variant}-rank{rank}.json").read_text())
+            assert counted["collectives"] == counted["steps"] * counted["groups"], counted
+        s = kit.summary(two)
+        assert (s["parallel"], s["world_size"], s["batch_per_device"], s["params/total"]) == ("fsdp", 2, 4, kit.summary(one)["params/total"])
+
+    two = tmp_path / "fsdp" / "k_eq_v"
+    alone = interrupted_copy(two, tmp_path / "alone" / "k_eq_v", after=6)
+    run(compose_config(["variant=k_eq_v", *single]), alone)
+    again = interrupted_copy(two, tmp_path / "again" / "k_eq_v", after=6)
+    res = torchrun([str(WORKER), str(tmp_path / "again"), "k_eq_v", *overrides])
+    assert res.returncode == 0, res.stderr[-3000:]
+    for resumed in (alone, again):
+        assert_same_rows(kit.metrics(resumed), kit.metrics(two))
+        assert math.isclose(kit.summary(resumed)["val/loss"], kit.summary(two)["val/loss"], rel_tol=1e-5)
+    assert "resuming from" in res.stdout and "step_00000006.dcp (step 6 of 12)" in res.stdout
 
 
 def test_each_rank_draws_its_own_dropout_masks(tmp_path):
@@ -139,13 +204,63 @@ def process_group(tmp_path_factory):
 
 
 @pytest.mark.parametrize("variant", sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml")))
-def test_every_variant_uses_all_its_parameters_under_ddp(variant, process_group, tmp_path):
-    """DDP (without find_unused_parameters) fails at the second step when a parameter gets no gradient."""
+def test_every_variant_trains_under_ddp_and_fsdp(variant, process_group, tmp_path):
+    """DDP (without find_unused_parameters) fails at the second step when a parameter gets no gradient.
+    Under FSDP a family computes what it computes under DDP, its auxiliary losses and what its layers
+    hand each other (FSDP's hooks rebuild the containers in a block's arguments) included."""
     cfg = compose_config([f"variant={variant}", "logger=none", "data.batch_size=4", "data.seq_len=16", "train.grad_accum=2"])
+    sharded = Trainer(cfg, tmp_path, World(parallel="fsdp"))
+    assert all(isinstance(p, DTensor) for p in sharded.model.parameters())
+    want_loss, _ = sharded.train_step(0)
+    want_aux = dict(sharded.last_aux)
     trainer = Trainer(cfg, tmp_path, process_group)
     assert trainer.ddp is not None
     for step in range(2):
+        loss, finite = trainer.train_step(step)
+        if step == 0:
+            assert torch.allclose(loss, want_loss, atol=1e-6) and trainer.last_aux.keys() == want_aux.keys()
+            assert all(torch.allclose(trainer.last_aux[k], want_aux[k], atol=1e-6) for k in want_aux)
+
+
+def flip_byte(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_shard_is_skipped_like_a_damaged_file(process_group, tmp_path):
+    """A sharded checkpoint whose shard lost a bit, or that lacks its manifest, is named and passed over."""
+    cfg = compose_config(["logger=none", "data.batch_size=4", "data.seq_len=16", "train.parallel=fsdp", "train.keep_checkpoints=3"])
+    trainer = Trainer(cfg, tmp_path, World(parallel="fsdp"))
+    saved = []
+    for step in range(3):
         trainer.train_step(step)
+        trainer.state.step = step + 1
+        saved.append(trainer.save())
+    assert [p.name for p in saved] == ["step_00000001.dcp", "step_00000002.dcp", "step_00000003.dcp"]
+    flip_byte(saved[2] / "__0_0.distcp", 100)
+    (saved[1] / "checksums.json").unlink()
+    said: list[str] = []
+    assert [p for p, _ in good_checkpoints(tmp_path, said.append)] == [saved[0]]
+    assert said == [
+        f"qkvlab: checkpoint {saved[2]} is corrupt: checksum mismatch (shard __0_0.distcp is damaged); falling back to the previous one",
+        f"qkvlab: checkpoint {saved[1]} is unverifiable: its checksum file checksums.json is missing; falling back to the previous one",
+    ]
+    check_resume(str(saved[0]))  # train.resume= takes a sharded checkpoint's directory too
+    cut_short = saved[0].parent / "step_00000004.dcp.tmp"  # a write that a crash cut short
+    cut_short.mkdir()
+    remove_temporaries(tmp_path)
+    assert not cut_short.exists()
+    assert clear_checkpoints(tmp_path) == 3 and not any((tmp_path / "checkpoints").iterdir())
+
+
+def test_fsdp_in_bf16_gathers_bf16_parameters_and_reduces_fp32_gradients(process_group, tmp_path):
+    cfg = compose_config(["logger=none", "data.batch_size=4", "data.seq_len=16", "train.parallel=fsdp", "train.precision=bf16"])
+    trainer = Trainer(cfg, tmp_path, World(parallel="fsdp"))
+    policy = trainer.model.blocks[0]._get_fsdp_state()._mp_policy
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert bool(trainer.train_step(0)[1])
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # the sharded master weights
 
 
 def rank_pid(launcher_pid: int, rank: int) -> int:
