@@ -109,15 +109,19 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
         }
         for (int kv = 0; kv < KV; kv++) {
             const long base = b * a->sb + kv * a->skv;
+            const float *vrow[BLOCK]; /* each row's values: the cache itself (fp32) or its converted copy (bf16) */
             for (int g = 0; g < G; g++)
                 for (int i = 0; i < NV; i++) qk[g][i] = load(a->q + ((long)b * H + kv * G + g) * D + i * W);
             for (int r = 0; r < n; r++) {
                 const long off = base + (long)(j0 + r) * a->sl;
-                v8 *x = rows[r];
-                if (bf16)
-                    for (int i = 0; i < NV; i++) x[i] = load_bf16((const uint16_t *)a->s + off + i * W);
-                else
-                    for (int i = 0; i < NV; i++) x[i] = load((const float *)a->s + off + i * W);
+                v8 x[VMAX];
+                if (bf16) {
+                    for (int i = 0; i < NV; i++) rows[r][i] = x[i] = load_bf16((const uint16_t *)a->s + off + i * W);
+                    vrow[r] = (const float *)rows[r];
+                } else {
+                    vrow[r] = (const float *)a->s + off;
+                    for (int i = 0; i < NV; i++) x[i] = load(vrow[r] + i * W);
+                }
                 v8 k[VMAX];
                 float inv = 1.0f;
                 if (norm) {
@@ -164,7 +168,7 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
                 }
                 l[h] += hsum(sum);
                 for (int r = 0; r < n; r++)
-                    for (int i = 0; i < NV; i++) av[i] += p[r] * rows[r][i];
+                    for (int i = 0; i < NV; i++) av[i] += p[r] * load(vrow[r] + i * W);
                 for (int i = 0; i < NV; i++) store(ah + i * W, av[i]);
             }
         }
