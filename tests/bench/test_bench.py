@@ -137,3 +137,15 @@ def test_bench_under_torchrun_reports_the_jobs_and_each_devices_tokens_per_secon
     assert row["train/tokens_per_s_per_device"] == pytest.approx(row["train/tokens_per_s"] / 2)
     assert row["loop/overhead"] is None  # the full loop is one process's: not timed under torchrun
     assert out.stdout.count("tok/s/dev") == 1  # rank 0 alone prints the table
+
+
+def test_a_cpu_bf16_peak_is_never_below_the_fp32_one(monkeypatch):
+    """Emulated bf16 matmuls measured slower than a bf16 step's own, so MFU read 400%; the peak is the better of the two."""
+    import torch
+
+    from qkvlab.bench import peaks
+
+    monkeypatch.setattr(peaks, "measured_matmul_peak", lambda device, dtype, **_: 0.65e9 if dtype == torch.bfloat16 else 180e9)
+    peak, source, _ = peaks.device_peak(torch.device("cpu"), "bf16")
+    assert (peak, source) == (180e9, "measured matmul, best of bf16 and fp32")
+    assert peaks.device_peak(torch.device("cpu"), "fp32")[:2] == (180e9, "measured matmul")
