@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from qkvlab.config import CONF_DIR, Config, register_configs, to_typed
 from qkvlab.data import check_data
 from qkvlab.model import check_model
+from qkvlab.model.kv_decode import check_policy
 
 
 def checked(cfg: DictConfig | Config) -> Config:
@@ -19,6 +20,7 @@ def checked(cfg: DictConfig | Config) -> Config:
     typed = to_typed(cfg)
     check_model(typed)
     check_data(typed)
+    check_policy()
     return typed
 
 

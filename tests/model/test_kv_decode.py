@@ -38,7 +38,9 @@ def test_kernel_decoding_equals_the_pytorch_path(variant, dtype, monkeypatch):
     torch.testing.assert_close(fused, plain, **tol)
 
 
-def test_a_bad_kernel_policy_is_one_line(monkeypatch):
+def test_a_bad_kernel_policy_fails_at_start_up_in_one_line(monkeypatch):
+    from qkvlab.checks import compose_config
+
     monkeypatch.setenv("QKVLAB_DECODE_KERNEL", "fast")
     with pytest.raises(ConfigError, match="QKVLAB_DECODE_KERNEL='fast' is not valid; choose one of: auto, off"):
-        kv_decode.check_policy()
+        compose_config(["variant=k_eq_v"])
