@@ -98,7 +98,7 @@ def bench(configs: Sequence[Config], overrides: Sequence[str], opts, names: Sequ
     """The report; None on ranks other than 0 under torchrun (rank 0 writes and prints it)."""
     from tqdm.auto import tqdm
 
-    from qkvlab.bench.peaks import device_peak
+    from qkvlab.bench.peaks import best_peak, device_peak
     from qkvlab.bench.run import bench_variants
     from qkvlab.model.kv_decode import policy as decode_policy
     from qkvlab.train.distributed import session
@@ -107,14 +107,17 @@ def bench(configs: Sequence[Config], overrides: Sequence[str], opts, names: Sequ
     first = configs[0]
     device = pick_device(first.train.device)
     precision = resolve_precision(first.train.precision, device)
-    peak, peak_source, device_name = device_peak(device, precision)
+    before = device_peak(device, precision)
     with session(first.train.parallel, first.train.device) as world:
         if world.distributed and opts.loop:
             opts = dataclasses.replace(opts, loop=False)  # the full loop writes a run directory: one process's job
         progress = (lambda cfgs: tqdm(cfgs, desc="bench: training", unit="variant")) if world.is_main else (lambda cfgs: cfgs)
-        rows = bench_variants(list(configs), opts, peak, progress, list(names or []) or None, world)
+        rows = bench_variants(list(configs), opts, progress, list(names or []) or None, world)
     if rows is None:
         return None
+    peak, peak_source, device_name = best_peak(before, device_peak(device, precision))
+    for row in rows:
+        row["train/mfu"] = row["train/flops_per_token"] * row["train/tokens_per_s"] / peak
     return {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),

@@ -78,7 +78,7 @@ def _first_step_and_peak(cfg: Config, opts: BenchOptions, tmp: Path, world: Worl
 
 
 def bench_training(
-    cfgs: list[Config], opts: BenchOptions, peak_flops: float, progress, world: World = SINGLE
+    cfgs: list[Config], opts: BenchOptions, progress, world: World = SINGLE
 ) -> tuple[list[dict[str, Any]], list[Trainer]]:
     """Training costs of every variant. The first step and peak memory are taken one variant at a time;
     the timed blocks then run round-robin (block r of every variant before block r + 1 of any), so drift
@@ -116,7 +116,6 @@ def bench_training(
             "train/tokens_per_s": tokens_per_s,
             "train/tokens_per_s_per_device": tokens_per_s / world.size,
             "train/flops_per_token": flops,
-            "train/mfu": flops * tokens_per_s / peak_flops,
             "train/peak_memory_bytes": peak,
             "loop/step_s": loop_step_s,
             "loop/tokens_per_s": trainer.tokens_per_step / loop_step_s if loop_step_s else None,
@@ -245,12 +244,12 @@ def bench_inference(cfgs: list[Config], vocab: int, device: torch.device, precis
 
 
 def bench_variants(
-    cfgs: list[Config], opts: BenchOptions, peak_flops: float, progress, names: list[str] | None = None, world: World = SINGLE
+    cfgs: list[Config], opts: BenchOptions, progress, names: list[str] | None = None, world: World = SINGLE
 ) -> list[dict[str, Any]] | None:
     """Training costs of every variant (timed round-robin), then inference for all variants together,
     which is one device's work: under torchrun rank 0 times it while the others wait, and only rank 0
     returns the rows."""
-    train, trainers = bench_training(cfgs, opts, peak_flops, progress, world)
+    train, trainers = bench_training(cfgs, opts, progress, world)
     if not world.is_main:
         world.barrier()
         return None

@@ -32,7 +32,7 @@ def test_bench_on_tiny_writes_every_field(run_cli, tmp_path):
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "bench.json").read_text())
     assert set(report) == TOP_FIELDS
-    assert report["peak_flops"] > 0 and report["peak_flops_source"] == "measured matmul"
+    assert report["peak_flops"] > 0 and report["peak_flops_source"] == "measured matmul, best of before and after the timings"
     assert (report["seq_len"], report["batch_size"]) == (32, 8)  # --train-seq-len, and the user's batch kept
     assert [r["variant"] for r in report["variants"]] == ["mha", "k_eq_v_mqa", "mha/nanogpt", "k_eq_v_mqa/nanogpt"]
     mha, mqa, nano_mha, _ = report["variants"]
@@ -149,3 +149,24 @@ def test_a_cpu_bf16_peak_is_never_below_the_fp32_one(monkeypatch):
     peak, source, _ = peaks.device_peak(torch.device("cpu"), "bf16")
     assert (peak, source) == (180e9, "measured matmul, best of bf16 and fp32")
     assert peaks.device_peak(torch.device("cpu"), "fp32")[:2] == (180e9, "measured matmul")
+
+
+def test_mfu_is_measured_against_the_best_matmul_peak_of_the_run(monkeypatch, tmp_path):
+    """A CPU's matmul peak taken in a busy moment read half the machine's rate and MFU read 122%: the peak is
+    measured before and after the timings, and every MFU is against the better of the two."""
+    from qkvlab.bench import peaks
+    from qkvlab.bench.command import BASE_OVERRIDES, bench
+    from qkvlab.bench.run import BenchOptions
+    from qkvlab.checks import compose_config
+
+    rates = iter([1e6, 1e15])
+    monkeypatch.setattr(peaks, "measured_matmul_peak", lambda *a, **k: next(rates))
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_config([*BASE_OVERRIDES, "variant=mha", "train.device=cpu", "train.progress=false",
+                          "data.batch_size=4", "data.seq_len=32", "data.val_size=4"])
+    opts = BenchOptions(contexts=(32,), steps=1, repeats=1, warmup=0, decode_tokens=2, loop=False)
+    report = bench([cfg], [], opts)
+    assert report["peak_flops"] == 1e15
+    assert report["peak_flops_source"] == "measured matmul, best of before and after the timings"
+    (row,) = report["variants"]
+    assert row["train/mfu"] == pytest.approx(row["train/flops_per_token"] * row["train/tokens_per_s"] / 1e15)
