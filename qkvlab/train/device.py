@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from qkvlab.errors import ConfigError
+from qkvlab.model.onednn_linear import use_onednn
 
 
 def check_device(name: str) -> None:
@@ -114,5 +115,8 @@ def inference_model(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """The model in the dtype it infers in, cast once: eval, generate, the lm-eval harness and bench's
     decoding. Autocast would re-cast every weight on every forward, which for one-token decoding costs
     more than the bf16 matmuls save (bf16 decoding ran at 0.78x fp32 that way); the KV cache is kept in
-    the same dtype. Training keeps autocast over fp32 weights."""
-    return model.to(compute_dtype(precision)).eval()
+    the same dtype. Training keeps autocast over fp32 weights. On a CPU in fp32 the Linears compute
+    through oneDNN (qkvlab/model/onednn_linear.py: MKL's are slow on AMD CPUs)."""
+    model = model.to(compute_dtype(precision)).eval()
+    use_onednn(model)
+    return model
