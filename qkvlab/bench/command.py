@@ -101,6 +101,7 @@ def bench(configs: Sequence[Config], overrides: Sequence[str], opts, names: Sequ
     from qkvlab.bench.peaks import best_peak, device_peak
     from qkvlab.bench.run import bench_variants
     from qkvlab.model.kv_decode import policy as decode_policy
+    from qkvlab.model.onednn_linear import linear_path
     from qkvlab.train.distributed import session
     from qkvlab.train.device import pick_device, resolve_precision
 
@@ -140,6 +141,7 @@ def bench(configs: Sequence[Config], overrides: Sequence[str], opts, names: Sequ
         "timing": {"steps": opts.steps, "repeats": opts.repeats, "warmup": opts.warmup,
                    "decode_tokens": opts.decode_tokens, "statistic": "median", "order": "round-robin over variants"},
         "decode_kernel": decode_policy(),
+        "inference_linears": linear_path() if device.type == "cpu" and precision == "fp32" else "torch",
         "variants": rows,
     }
 
@@ -184,7 +186,8 @@ def format_table(report: dict[str, Any]) -> str:
             cells += [f"{inf['decode_tokens_per_s']:,.1f}", f"{inf['decode_bytes_per_token'] / 1e6:,.2f}", f"{inf['decode_gb_per_s']:,.2f}"]
         decode_rows.append(cells)
     decoding = (
-        f"decoding, batch 1 (MB/tok: weights + KV cache read per token, QKVLAB_DECODE_KERNEL={report.get('decode_kernel', 'auto')}):"
+        f"decoding, batch 1 (MB/tok: weights + KV cache read per token, QKVLAB_DECODE_KERNEL={report.get('decode_kernel', 'auto')}, "
+        f"Linears: {report.get('inference_linears', 'torch')}):"
     )
     return "\n".join([title, *_aligned(head, rows), decoding, *_aligned(decode_head, decode_rows)])
 

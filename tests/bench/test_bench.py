@@ -7,6 +7,7 @@ import pytest
 from qkvlab.bench.peaks import accelerator_peak
 from qkvlab.errors import ConfigError
 from qkvlab.model.kernels import cpu_decode
+from qkvlab.model.onednn_linear import linear_path
 
 VARIANT_FIELDS = {
     "variant", "sharing", "n_kv_heads", "params/total", "params/attention", "params/matmul", "tokens_per_step",
@@ -18,7 +19,7 @@ VARIANT_FIELDS = {
 TOP_FIELDS = {
     "created", "device", "device_name", "threads", "cpu_count", "torch", "precision", "compile", "peak_flops",
     "peak_flops_source", "model", "shape", "data", "seq_len", "batch_size", "overrides", "timing", "variants",
-    "decode_kernel", "world_size", "parallel",
+    "decode_kernel", "inference_linears", "world_size", "parallel",
 }
 
 
@@ -32,12 +33,17 @@ def test_bench_on_tiny_writes_every_field(run_cli, tmp_path):
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "bench.json").read_text())
     assert set(report) == TOP_FIELDS
-    assert report["peak_flops"] > 0 and report["peak_flops_source"] == "measured matmul, best of before and after the timings"
+    # auto picks bf16 on CPUs with AMX, where the peak is the better of the bf16 and fp32 matmuls.
+    of_dtypes = ", best of bf16 and fp32" if report["precision"] == "bf16" else ""
+    assert report["peak_flops"] > 0
+    assert report["peak_flops_source"] == f"measured matmul{of_dtypes}, best of before and after the timings"
     assert (report["seq_len"], report["batch_size"]) == (32, 8)  # --train-seq-len, and the user's batch kept
     assert [r["variant"] for r in report["variants"]] == ["mha", "k_eq_v_mqa", "mha/nanogpt", "k_eq_v_mqa/nanogpt"]
     mha, mqa, nano_mha, _ = report["variants"]
     assert nano_mha["params/total"] != mha["params/total"]  # another block: GELU MLP, biases, a position table
     assert mha["decode/path"] == "sdpa"
+    assert report["inference_linears"] == (linear_path() if report["precision"] == "fp32" else "torch")
+    assert f"Linears: {report['inference_linears']}" in out.stdout
     assert mqa["decode/path"] == ("kernel:cpu" if cpu_decode.available() else "pytorch")
     for c in ("16", "32"):
         # Bytes per decoded token: the same weights but an eighth of the cache; GB/s follows from the timing.
@@ -162,7 +168,7 @@ def test_mfu_is_measured_against_the_best_matmul_peak_of_the_run(monkeypatch, tm
     rates = iter([1e6, 1e15])
     monkeypatch.setattr(peaks, "measured_matmul_peak", lambda *a, **k: next(rates))
     monkeypatch.chdir(tmp_path)
-    cfg = compose_config([*BASE_OVERRIDES, "variant=mha", "train.device=cpu", "train.progress=false",
+    cfg = compose_config([*BASE_OVERRIDES, "variant=mha", "train.device=cpu", "train.progress=false", "train.precision=fp32",
                           "data.batch_size=4", "data.seq_len=32", "data.val_size=4"])
     opts = BenchOptions(contexts=(32,), steps=1, repeats=1, warmup=0, decode_tokens=2, loop=False)
     report = bench([cfg], [], opts)

@@ -11,7 +11,8 @@ from torch import nn
 
 from qkvlab.model import build_model
 from qkvlab.model.kv_cache import KVCache
-from qkvlab.model.onednn_linear import OneDnnLinear, available, use_onednn
+from qkvlab.model import onednn_linear
+from qkvlab.model.onednn_linear import OneDnnLinear, available, onednn_is_faster, use_onednn
 from qkvlab.train.device import inference_model
 
 from tests.helpers import make_config
@@ -26,7 +27,7 @@ def test_onednn_linear_computes_f_linear(shape, bias):
     layer = nn.Linear(96, 40, bias=bias)
     x = torch.randn(*shape)
     expected = F.linear(x, layer.weight, layer.bias)
-    assert use_onednn(layer) == 1 and type(layer) is OneDnnLinear
+    assert use_onednn(layer, measured=False) == 1 and type(layer) is OneDnnLinear
     with torch.no_grad():
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
         # A strided input (a transposed view) is read as the values it shows.
@@ -37,7 +38,7 @@ def test_onednn_linear_computes_f_linear(shape, bias):
 def test_a_forward_that_needs_gradients_takes_f_linear():
     torch.manual_seed(0)
     layer = nn.Linear(16, 8)
-    use_onednn(layer)
+    use_onednn(layer, measured=False)
     layer(torch.randn(2, 16)).sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
 
@@ -52,6 +53,7 @@ def test_inference_model_switches_every_plain_linear_and_keeps_the_logits(varian
     idx = torch.randint(0, 50, (2, 24))
     with torch.no_grad():
         reference = model(idx)
+    monkeypatch.setattr(onednn_linear, "onednn_is_faster", lambda threads: True)
     monkeypatch.setenv("QKVLAB_DECODE_KERNEL", "off")
     plain = inference_model(copy.deepcopy(model), "fp32")
     assert not any(isinstance(m, OneDnnLinear) for m in plain.modules())
@@ -66,3 +68,19 @@ def test_inference_model_switches_every_plain_linear_and_keeps_the_logits(varian
         decoded = torch.cat([fast(idx[:, :6], cache, 0)] + [fast(idx[:, t : t + 1], cache, t) for t in range(6, 24)], 1)
     torch.testing.assert_close(full, reference, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(decoded, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("onednn_s, torch_s, chosen", [(1.0, 2.0, True), (1.0, 1.02, False), (2.0, 1.0, False)])
+def test_onednn_is_used_only_where_it_measures_faster(onednn_s, torch_s, chosen, monkeypatch):
+    """MKL beats oneDNN on Intel Xeons and loses on AMD EPYCs (one-row products 0.74x and 1.46x), so the
+    path is measured on the machine: oneDNN only where it wins by 5%, else models keep F.linear."""
+    monkeypatch.setattr(onednn_linear, "_probe_seconds", lambda path, weights, x: onednn_s if path == "onednn" else torch_s)
+    onednn_is_faster.cache_clear()
+    try:
+        assert onednn_is_faster(1) is chosen
+        assert onednn_linear.linear_path() == ("onednn" if chosen else "torch")
+        model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
+        assert use_onednn(model) == (2 if chosen else 0)
+        assert all(type(m) is (OneDnnLinear if chosen else nn.Linear) for m in model)
+    finally:
+        onednn_is_faster.cache_clear()
