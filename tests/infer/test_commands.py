@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-TRAIN = ("train", "model=tiny", "logger=none", "train.progress=false", "train.device=cpu")
+# fp32: eval must reproduce training's numbers exactly, and precision=auto picks bf16 on CPUs with AMX.
+TRAIN = ("train", "model=tiny", "logger=none", "train.progress=false", "train.device=cpu", "train.precision=fp32")
 
 
 @pytest.mark.slow

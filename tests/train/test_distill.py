@@ -22,7 +22,7 @@ from qkvlab.train.run import run
 
 from tests.helpers import make_config
 
-SMALL = ("logger=none", "train.progress=false", "data.batch_size=8", "data.seq_len=16", "data.val_size=64")
+SMALL = ("logger=none", "train.progress=false", "train.precision=fp32", "data.batch_size=8", "data.seq_len=16", "data.val_size=64")
 STEPS = ("train.steps=10", "train.log_every=5", "train.eval_every=10")
 
 

@@ -208,7 +208,8 @@ def test_every_variant_trains_under_ddp_and_fsdp(variant, process_group, tmp_pat
     """DDP (without find_unused_parameters) fails at the second step when a parameter gets no gradient.
     Under FSDP a family computes what it computes under DDP, its auxiliary losses and what its layers
     hand each other (FSDP's hooks rebuild the containers in a block's arguments) included."""
-    cfg = compose_config([f"variant={variant}", "logger=none", "data.batch_size=4", "data.seq_len=16", "train.grad_accum=2"])
+    cfg = compose_config([f"variant={variant}", "logger=none", "data.batch_size=4", "data.seq_len=16", "train.grad_accum=2",
+                          "train.precision=fp32"])
     sharded = Trainer(cfg, tmp_path, World(parallel="fsdp"))
     assert all(isinstance(p, DTensor) for p in sharded.model.parameters())
     want_loss, _ = sharded.train_step(0)
@@ -282,7 +283,9 @@ def test_sigterm_to_one_rank_stops_every_rank_at_one_step_and_the_printed_torchr
     hang), rank 0 writes one checkpoint, every rank exits 143, and the printed command, a torchrun
     command, resumes and ends with the metrics of an uninterrupted run."""
     args = [*kit.TINY, "train.steps=150", "train.checkpoint_every=1000"]
-    proc = torchrun(["-m", "qkvlab", "train", *args, "hydra.run.dir=run"], background=True)
+    # torchrun polls its workers every 0.1 s and SIGTERMs the rest once one has exited, so a rank that
+    # exits 50 ms after the other would never show its own code: poll slowly enough to see both.
+    proc = torchrun(["--monitor-interval=5", "-m", "qkvlab", "train", *args, "hydra.run.dir=run"], background=True)
     run_dir = tmp_path / "run"
     kit.wait_for_step(proc, run_dir, 5)
     os.kill(rank_pid(proc.pid, 1), signal.SIGTERM)

@@ -9,7 +9,8 @@ from qkvlab.train.run import run
 from tests.helpers import make_config
 
 VARIANTS = sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml"))
-FAST = ("logger=none", "train.steps=60", "train.eval_every=30", "train.log_every=10", "train.progress=false")
+# fp32: runs are compared at fp32 tolerances, and precision=auto picks bf16 on CPUs with AMX.
+FAST = ("logger=none", "train.precision=fp32", "train.steps=60", "train.eval_every=30", "train.log_every=10", "train.progress=false")
 
 
 def _losses(run_dir):
@@ -186,7 +187,7 @@ def test_zero_steps_evaluates_the_starting_weights_and_finishes(tmp_path):
     from qkvlab.model import build_model
     from qkvlab.train.checkpoint import read_checkpoint
 
-    cfg = make_config("logger=none", "train.progress=false", "train.steps=0", "data.val_size=64")
+    cfg = make_config("logger=none", "train.progress=false", "train.steps=0", "data.val_size=64", "train.precision=fp32")
     s = run(cfg, tmp_path)
     assert s["status"] == "completed" and s["step"] == 0 and s["tokens"] == 0
     assert [r["step"] for r in _losses(tmp_path)] == [0]
