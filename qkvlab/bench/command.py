@@ -107,7 +107,7 @@ def bench(configs: Sequence[Config], overrides: Sequence[str], opts, names: Sequ
 
     first = configs[0]
     device = pick_device(first.train.device)
-    precision = resolve_precision(first.train.precision, device)
+    precision = resolve_precision(first.train.precision, device, first.model.d_model)
     before = device_peak(device, precision)
     with session(first.train.parallel, first.train.device) as world:
         if world.distributed and opts.loop:

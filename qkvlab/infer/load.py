@@ -80,7 +80,7 @@ def load_trained(run_dir: Path | str, overrides: Sequence[str] = ()) -> TrainedR
     finished = read_finished_run(run_dir, merged=merged)
     cfg = finished.cfg
     device = pick_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
+    precision = resolve_precision(cfg.train.precision, device, cfg.model.d_model)
     payload = finished.payload
     model = inference_model(finished.model(device), precision)
     return TrainedRun(finished.run, cfg, model, device, precision, payload["step"], payload.get("data", MISSING))

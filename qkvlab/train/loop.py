@@ -156,7 +156,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.device = world.device(pick_device(cfg.train.device))
         configure_device(self.device)
-        self.precision, self.precision_reason = precision_choice(cfg.train.precision, self.device)
+        self.precision, self.precision_reason = precision_choice(cfg.train.precision, self.device, cfg.model.d_model)
         self.amp = autocast(self.device, self.precision)
         self.data = build_data(cfg)
         vocab = model_vocab(cfg.model, self.data.vocab_size)

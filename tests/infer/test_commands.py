@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-# fp32: eval must reproduce training's numbers exactly, and precision=auto picks bf16 on CPUs with AMX.
+# fp32: eval must reproduce training's numbers exactly, whatever precision=auto would pick on the machine.
 TRAIN = ("train", "model=tiny", "logger=none", "train.progress=false", "train.device=cpu", "train.precision=fp32")
 
 

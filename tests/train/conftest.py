@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 # Small enough that a step takes milliseconds on a loaded 2-core CPU; fp32, since runs are compared
-# at fp32 tolerances and precision=auto picks bf16 on CPUs with AMX.
+# at fp32 tolerances, whatever precision=auto would pick on the machine.
 TINY = [
     "model=tiny",
     "train.precision=fp32",

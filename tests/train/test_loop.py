@@ -9,7 +9,7 @@ from qkvlab.train.run import run
 from tests.helpers import make_config
 
 VARIANTS = sorted(p.stem for p in (CONF_DIR / "variant").glob("*.yaml"))
-# fp32: runs are compared at fp32 tolerances, and precision=auto picks bf16 on CPUs with AMX.
+# fp32: runs are compared at fp32 tolerances, whatever precision=auto would pick on the machine.
 FAST = ("logger=none", "train.precision=fp32", "train.steps=60", "train.eval_every=30", "train.log_every=10", "train.progress=false")
 
 
@@ -164,7 +164,7 @@ def test_short_run_evaluates_ten_times_by_default_and_says_its_precision(tmp_pat
 
     s = run(make_config(*SHORT, "train.progress=false"), tmp_path)
     assert [r["step"] for r in _losses(tmp_path) if "val/loss" in r] == list(range(2, 21, 2))
-    precision, why = precision_choice("auto", torch.device("cpu"))
+    precision, why = precision_choice("auto", torch.device("cpu"), make_config(*SHORT).model.d_model)
     assert s["precision"] == precision and s["precision_reason"] == why
     assert f"\n  {why}\n" in capsys.readouterr().out
     assert why.startswith(f"precision=auto -> {precision} (")  # the machine's reason: tests/train/test_device.py

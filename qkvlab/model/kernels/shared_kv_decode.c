@@ -34,6 +34,10 @@ static inline v8 load_bf16(const uint16_t *p) {
     memcpy(&f, &u, sizeof f);
     return f;
 }
+static inline v8 vmax(v8 a, v8 b) {
+    const v8i gt = a > b;
+    return (v8)((gt & (v8i)a) | (~gt & (v8i)b));
+}
 static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
 static inline float hsum(v8 v) {
     return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
@@ -148,9 +152,14 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
             }
             for (int g = 0; g < G; g++) {
                 const int h = kv * G + g;
-                float bm = m[h];
-                for (int r = 0; r < n; r++) bm = sc[g][r] > bm ? sc[g][r] : bm;
                 for (int r = n; r < BLOCK; r++) sc[g][r] = -INFINITY;
+                v8 vm = load(sc[g]);
+                for (int r0 = W; r0 < BLOCK; r0 += W) {
+                    const v8 x = load(sc[g] + r0);
+                    vm = vmax(x, vm);
+                }
+                float bm = m[h];
+                for (int i = 0; i < W; i++) bm = vm[i] > bm ? vm[i] : bm;
                 float *ah = acc + (long)h * D;
                 v8 av[VMAX];
                 for (int i = 0; i < NV; i++) av[i] = load(ah + i * W);
@@ -167,9 +176,18 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
                     sum += e;
                 }
                 l[h] += hsum(sum);
-                for (int r = 0; r < n; r++)
+                /* Two accumulators per vector, even and odd rows, so the adds do not wait on each other. */
+                v8 bv[VMAX];
+                for (int i = 0; i < NV; i++) bv[i] = splat(0.0f);
+                int r = 0;
+                for (; r + 1 < n; r += 2)
+                    for (int i = 0; i < NV; i++) {
+                        av[i] += p[r] * load(vrow[r] + i * W);
+                        bv[i] += p[r + 1] * load(vrow[r + 1] + i * W);
+                    }
+                if (r < n)
                     for (int i = 0; i < NV; i++) av[i] += p[r] * load(vrow[r] + i * W);
-                for (int i = 0; i < NV; i++) store(ah + i * W, av[i]);
+                for (int i = 0; i < NV; i++) store(ah + i * W, av[i] + bv[i]);
             }
         }
     }
