@@ -21,6 +21,7 @@ from torch import nn
 
 from qkvlab.config import Config, ModelConfig, n_kv_heads
 from qkvlab.model.attention import AUX, FAMILIES, AttentionSpec, LayerInfo, Rope
+from qkvlab.model.rms_norm import RMSNorm
 
 if TYPE_CHECKING:
     from qkvlab.model.kv_cache import KVCache
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 def make_norm(m: ModelConfig) -> nn.Module:
     if m.norm == "rmsnorm":
-        return nn.RMSNorm(m.d_model, eps=m.norm_eps)
+        return RMSNorm(m.d_model, eps=m.norm_eps)
     return nn.LayerNorm(m.d_model, eps=m.norm_eps, bias=m.bias)
 
 

@@ -128,7 +128,7 @@ def inference_model(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     decoding. Autocast would re-cast every weight on every forward, which for one-token decoding costs
     more than the bf16 matmuls save (bf16 decoding ran at 0.78x fp32 that way); the KV cache is kept in
     the same dtype. Training keeps autocast over fp32 weights. On a CPU in fp32 the Linears compute
-    through oneDNN (qkvlab/model/onednn_linear.py: MKL's are slow on AMD CPUs)."""
+    through oneDNN where it measures faster than MKL (qkvlab/model/onednn_linear.py: AMD CPUs)."""
     model = model.to(compute_dtype(precision)).eval()
     use_onednn(model)
     return model
