@@ -109,11 +109,13 @@ def use_onednn(model: nn.Module, *, measured: bool = True) -> int:
     its parameters stay, tied weights included); subclasses with their own forward are left alone.
     Returns how many were switched: none where oneDNN is missing, QKVLAB_DECODE_KERNEL=off, or (when
     `measured`) oneDNN is not the faster path here (`linear_path`)."""
-    if kv_decode.policy() == "off" or not available() or (measured and linear_path() != "onednn"):
+    linears = [
+        m for m in model.modules()
+        if type(m) is nn.Linear and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32
+    ]
+    # A bf16 or GPU model has nothing to switch: no probe for it.
+    if not linears or kv_decode.policy() == "off" or not available() or (measured and linear_path() != "onednn"):
         return 0
-    switched = 0
-    for module in model.modules():
-        if type(module) is nn.Linear and module.weight.device.type == "cpu" and module.weight.dtype == torch.float32:
-            module.__class__ = OneDnnLinear
-            switched += 1
-    return switched
+    for module in linears:
+        module.__class__ = OneDnnLinear
+    return len(linears)

@@ -84,3 +84,9 @@ def test_onednn_is_used_only_where_it_measures_faster(onednn_s, torch_s, chosen,
         assert all(type(m) is (OneDnnLinear if chosen else nn.Linear) for m in model)
     finally:
         onednn_is_faster.cache_clear()
+
+
+def test_a_model_with_nothing_to_switch_is_not_probed(monkeypatch):
+    """The probe costs 50-80 ms: a bf16 model (or a GPU one) has no fp32 CPU Linear, so it never runs."""
+    monkeypatch.setattr(onednn_linear, "onednn_is_faster", lambda threads: pytest.fail("probed a bf16 model"))
+    assert use_onednn(nn.Sequential(nn.Linear(8, 8)).bfloat16()) == 0
