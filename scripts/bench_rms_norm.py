@@ -11,7 +11,6 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from qkvlab.model.rms_norm import RMSNorm
