@@ -118,6 +118,12 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
                 for (int i = 0; i < NV; i++) qk[g][i] = load(a->q + ((long)b * H + kv * G + g) * D + i * W);
             for (int r = 0; r < n; r++) {
                 const long off = base + (long)(j0 + r) * a->sl;
+                if (j0 + BLOCK + r < hi) {
+                    /* This head's next block into L2 while the other heads' blocks are computed: the
+                     * hardware prefetchers alone left the 8192-row cache at 0.7-0.8x the read bound. */
+                    const char *next = (const char *)a->s + (off + (long)BLOCK * a->sl) * (bf16 ? 2 : 4);
+                    for (int o = 0; o < D * (bf16 ? 2 : 4); o += 64) __builtin_prefetch(next + o, 0, 2);
+                }
                 v8 x[VMAX];
                 if (bf16) {
                     for (int i = 0; i < NV; i++) rows[r][i] = x[i] = load_bf16((const uint16_t *)a->s + off + i * W);
