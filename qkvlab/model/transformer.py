@@ -22,6 +22,7 @@ from torch import nn
 from qkvlab.config import Config, ModelConfig, n_kv_heads
 from qkvlab.model.attention import AUX, FAMILIES, AttentionSpec, LayerInfo, Rope
 from qkvlab.model.rms_norm import RMSNorm
+from qkvlab.model.swiglu import swiglu
 
 if TYPE_CHECKING:
     from qkvlab.model.kv_cache import KVCache
@@ -64,8 +65,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.up(x)
         if self.swiglu:
-            gate, up = h.chunk(2, dim=-1)
-            h = F.silu(gate) * up
+            h = swiglu(h)
         else:
             h = F.gelu(h, approximate=self.approximate)
         return self.down(h)
