@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qkvlab.model import kv_decode
+from qkvlab.model.kernels import cpu_train
 from qkvlab.model.plus import PlusScores, check_plus
 from qkvlab.model.probe import ScoreProbe, dot_scores, emit, fp32, wants_probe
 
@@ -174,25 +175,32 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float =
 
 class _Rope(torch.autograd.Function):
     """RoPE with a hand-written backward: the gradient is the inverse rotation, R(-θ)·g, so nothing
-    but the tables is saved and both directions take `_rotate`'s three passes."""
+    but the tables is saved; on CPUs in fp32 both directions are one pass in C (kernels/cpu_train.py),
+    elsewhere `_rotate`'s three passes."""
 
     @staticmethod
     def forward(ctx, x, cos, sin):
         ctx.save_for_backward(cos, sin)
         ctx.dtype = x.dtype
-        return _rotate(x, cos, sin)
+        return _rotate_any(x, cos, sin)
 
     @staticmethod
     def backward(ctx, grad):
         cos, sin = ctx.saved_tensors
-        return _rotate(grad, cos, sin, sign=-1.0).to(ctx.dtype), None, None
+        return _rotate_any(grad, cos, sin, sign=-1.0).to(ctx.dtype), None, None
+
+
+def _rotate_any(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+    if cpu_train.rope_applies(x, cos, sin):
+        return cpu_train.rope(x, cos, sin, sign)
+    return _rotate(x, cos, sin, sign)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary position embedding (rotate-half form) on (B, H, T, D)."""
     if torch.is_grad_enabled() and x.requires_grad:
         return _Rope.apply(x, cos, sin)
-    return _rotate(x, cos, sin)
+    return _rotate_any(x, cos, sin)
 
 
 def _decode_attention(q, k, v, start_pos: int, enable_gqa: bool, scale: Optional[float] = None) -> torch.Tensor:

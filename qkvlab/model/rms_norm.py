@@ -3,11 +3,12 @@
 On a CPU, `F.rms_norm` is PyTorch's composite (square, mean, add, rsqrt, two products), and
 autograd saves and walks each piece: on an Intel Xeon the 13 norms of a `model=small` step took
 9.6 ms each forward and backward at (8, 512, 384), against 1.3 ms for the fused LayerNorm, so the
-default block lost about 8% of its step to them. Here the forward is one reduction and two
-products, and the backward, dx = inv · (g·w − x̂ · mean(g·w·x̂)) with x̂ = x · inv, is written
-out: 5.1 ms (`scripts/bench_rms_norm.py`). Elsewhere (CUDA has a fused kernel, inference needs no
-backward, bf16 inputs keep autocast's rules) it is `nn.RMSNorm` unchanged; the parameters and the
-state_dict are nn.RMSNorm's.
+default block lost about 8% of its step to them. Here the backward, dx = inv · (g·w − x̂ ·
+mean(g·w·x̂)) with x̂ = x · inv, is written out, and both directions run as one pass each in C
+(kernels/cpu_train.py) where the kernels build, else as a few PyTorch ops
+(`scripts/bench_rms_norm.py` times all three). Elsewhere (CUDA has a fused kernel, inference
+needs no backward, bf16 inputs keep autocast's rules) it is `nn.RMSNorm` unchanged; the
+parameters and the state_dict are nn.RMSNorm's.
 """
 
 from __future__ import annotations
@@ -15,10 +16,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from qkvlab.model.kernels import cpu_train
+
 
 class _RMSNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        ctx.compiled = cpu_train.rms_norm_applies(x, weight)
+        if ctx.compiled:
+            y, inv = cpu_train.rms_norm_forward(x, weight, eps)
+            ctx.save_for_backward(x, weight, inv)
+            return y
         d = x.shape[-1]
         inv = torch.rsqrt(torch.linalg.vector_norm(x, 2, dim=-1, keepdim=True).square_().div_(d).add_(eps))
         ctx.save_for_backward(x, weight, inv)
@@ -27,6 +35,9 @@ class _RMSNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight, inv = ctx.saved_tensors
+        if ctx.compiled:
+            dx, dw = cpu_train.rms_norm_backward(grad, x, weight, inv)
+            return dx, dw if ctx.needs_input_grad[1] else None, None
         xhat = x * inv
         gw = grad * weight
         dot = (gw * xhat).sum(-1, keepdim=True).div_(x.shape[-1])

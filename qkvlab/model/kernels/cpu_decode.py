@@ -10,10 +10,7 @@ is loaded into L1, keys are formed there for every query head of the group,
 an online softmax updates, and the same rows are the values. No library ships
 this for CPUs (the GPU libraries' RoPE-on-the-fly decode kernels are CUDA-only).
 
-The source (shared_kv_decode.c) is compiled with the system C compiler, the
-one torch.compile also needs, into ~/.cache/qkvlab/kernels (XDG_CACHE_HOME
-respected), keyed by the source, the compiler and the CPU's flags, so a home
-directory shared by machines of different CPUs holds one build per CPU. Where
+The source (shared_kv_decode.c) is compiled once per machine (cpu_build.py); where
 no compiler works, `library()` is None and decoding keeps the PyTorch path.
 """
 
@@ -21,77 +18,21 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 from typing import Optional
 
 import torch
 
-SOURCE = Path(__file__).with_name("shared_kv_decode.c")
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fno-finite-math-only", "-fopenmp", "-shared", "-fPIC")
+from qkvlab.model.kernels import cpu_build
+
 # Rows a split must hold at least before the cache is cut into more work units than heads.
 MIN_SPLIT_ROWS = 256
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "qkvlab" / "kernels"
-
-
-def _compiler() -> Optional[str]:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-
-
-def _build_key(cc: str) -> str:
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    try:
-        cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
-    except OSError:
-        cpu = ""
-    blob = "\n".join([SOURCE.read_text(), version, " ".join(FLAGS), cpu])
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _compile(cc: str, out: Path) -> bool:
-    """Build into a temporary file beside `out` and rename it, so concurrent processes never load half a file."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so.tmp")
-    os.close(fd)
-    try:
-        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, timeout=120)
-        if done.returncode != 0:
-            return False
-        os.replace(tmp, out)
-        return True
-    except (OSError, subprocess.SubprocessError):
-        return False
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 @functools.lru_cache(maxsize=1)
 def library() -> Optional[ctypes.CDLL]:
     """The compiled kernel, or None where it cannot be built (no C compiler, no OpenMP)."""
-    cc = _compiler()
-    if cc is None:
-        return None
-    key = _build_key(cc)
-    if not key:
-        return None
-    path = cache_dir() / f"shared_kv_decode-{key}.so"
-    try:
-        if not path.exists() and not _compile(cc, path):
-            return None
-        lib = ctypes.CDLL(str(path))
-    except OSError:
+    lib = cpu_build.load("shared_kv_decode")
+    if lib is None:
         return None
     fn = lib.qkvlab_shared_kv_decode
     p, i, L, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float

@@ -1,0 +1,96 @@
+"""One-pass C versions of the default block's row-wise training ops on CPUs (fp32): RMSNorm forward
+and backward, and rotate-half RoPE.
+
+PyTorch runs each as a chain of elementwise passes over (B, T, C) activations: at model=small's
+training shape on a 2-core Xeon the RMSNorms (forward and backward) and the RoPEs took about 70 and
+50 ms of a 1.46 s step (the fused LayerNorm of a nanoGPT block about 26), which alone put the
+default block more than 5% per FLOP behind nanoGPT's. Source: train_ops.c, built by cpu_build.py;
+where it cannot be built the callers (rms_norm.py, attention.rotate) keep their PyTorch paths.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Optional
+
+import torch
+
+from qkvlab.model.kernels import cpu_build
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> Optional[ctypes.CDLL]:
+    lib = cpu_build.load("train_ops")
+    if lib is None:
+        return None
+    p, i, L, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
+    lib.qkvlab_rms_norm_forward.argtypes = [p, p, p, p, L, i, f, i]
+    lib.qkvlab_rms_norm_backward.argtypes = [p, p, p, p, p, p, L, i, i]
+    lib.qkvlab_rope.argtypes = [p, L, L, L, p, L, L, L, p, p, L, i, i, i, i, f, i]
+    for fn in (lib.qkvlab_rms_norm_forward, lib.qkvlab_rms_norm_backward, lib.qkvlab_rope):
+        fn.restype = None
+    return lib
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def _fp32_cpu(*ts: torch.Tensor) -> bool:
+    """Under torch.compile the PyTorch forms stay, for Inductor to fuse (it cannot trace a C call)."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in ts) and not torch.compiler.is_compiling()
+
+
+def rms_norm_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return _fp32_cpu(x, weight) and weight.dim() == 1 and x.shape[-1] == weight.shape[0] and available()
+
+
+def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, inv): y = x · inv · weight, inv = 1/sqrt(mean(x²) + eps) per row (saved for the backward)."""
+    x = x.contiguous()
+    D = x.shape[-1]
+    y = torch.empty_like(x)
+    inv = torch.empty(x.shape[:-1], dtype=torch.float32)
+    w = weight.detach().contiguous()
+    library().qkvlab_rms_norm_forward(x.data_ptr(), w.data_ptr(), y.data_ptr(), inv.data_ptr(), x.numel() // D, D, eps, torch.get_num_threads())
+    return y, inv
+
+
+def rms_norm_backward(g: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, inv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dx, dweight) of rms_norm_forward's y for the gradient g."""
+    g, x = g.contiguous(), x.contiguous()
+    D = x.shape[-1]
+    threads = torch.get_num_threads()
+    dx = torch.empty_like(x)
+    parts = torch.empty(threads, D, dtype=torch.float32)
+    w = weight.detach().contiguous()
+    library().qkvlab_rms_norm_backward(
+        g.data_ptr(), x.data_ptr(), w.data_ptr(), inv.data_ptr(), dx.data_ptr(), parts.data_ptr(), x.numel() // D, D, threads
+    )
+    return dx, parts.sum(0)
+
+
+def rope_applies(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> bool:
+    """x (B, H, T, D) with a contiguous last dimension and tables (T, D) of one row stride, all fp32 on the CPU."""
+    return (
+        x.dim() == 4
+        and _fp32_cpu(x, cos, sin)
+        and x.shape[-1] % 2 == 0
+        and cos.shape == sin.shape == x.shape[-2:]
+        and x.stride(-1) == cos.stride(-1) == sin.stride(-1) == 1
+        and cos.stride(0) == sin.stride(0)
+        and available()
+    )
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float = 1.0) -> torch.Tensor:
+    """x·cos + sign·rotate_half(x)·sin in one pass, into a tensor laid out like x (a view of the
+    fused projection keeps its (B, T, H, D) order, which SDPA reads as well as any)."""
+    B, H, T, D = x.shape
+    y = torch.empty_like(x)
+    library().qkvlab_rope(
+        x.data_ptr(), x.stride(0), x.stride(1), x.stride(2), y.data_ptr(), y.stride(0), y.stride(1), y.stride(2),
+        cos.data_ptr(), sin.data_ptr(), cos.stride(0), B, H, T, D, sign, torch.get_num_threads(),
+    )
+    return y

@@ -1,0 +1,89 @@
+/* Row-wise ops of CPU fp32 training, each one pass over memory: RMSNorm forward and backward, and
+ * rotate-half RoPE (its backward is the same rotation with the sine negated). PyTorch runs them as
+ * chains of elementwise passes (cpu_train.py says how much that cost); loaded by cpu_train.py.
+ * Plain loops over contiguous rows: -O3 -march=native vectorises them. */
+#include <math.h>
+#include <omp.h>
+#include <string.h>
+
+/* y = x * inv * w, inv = 1 / sqrt(mean(x^2) + eps), per row of D; inv saved for the backward. */
+void qkvlab_rms_norm_forward(const float *restrict x, const float *restrict w, float *restrict y,
+                             float *restrict inv, long rows, int D, float eps, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < rows; r++) {
+        const float *xr = x + r * D;
+        float *yr = y + r * D;
+        float ss = 0.0f;
+        for (int d = 0; d < D; d++) ss += xr[d] * xr[d];
+        const float v = 1.0f / sqrtf(ss / (float)D + eps);
+        inv[r] = v;
+        for (int d = 0; d < D; d++) yr[d] = xr[d] * v * w[d];
+    }
+}
+
+/* dx = inv * (g*w - xhat * mean(g*w*xhat)), xhat = x * inv; dw = sum over rows of g*xhat, each
+ * thread summing a fixed range of rows into its own row of dw_parts (threads x D), so the result
+ * is the same for a given thread count. */
+void qkvlab_rms_norm_backward(const float *restrict g, const float *restrict x, const float *restrict w,
+                              const float *restrict inv, float *restrict dx, float *restrict dw_parts,
+                              long rows, int D, int threads) {
+#pragma omp parallel num_threads(threads)
+    {
+        const int t = omp_get_thread_num(), n = omp_get_num_threads();
+        const long lo = rows * t / n, hi = rows * (t + 1) / n;
+        float *dw = dw_parts + (long)t * D;
+        memset(dw, 0, sizeof(float) * D);
+        for (long r = lo; r < hi; r++) {
+            const float *gr = g + r * D, *xr = x + r * D;
+            float *dxr = dx + r * D;
+            const float v = inv[r];
+            float dot = 0.0f;
+            for (int d = 0; d < D; d++) dot += gr[d] * w[d] * xr[d];
+            dot *= v / (float)D;
+            for (int d = 0; d < D; d++) {
+                const float xh = xr[d] * v;
+                dxr[d] = v * (gr[d] * w[d] - xh * dot);
+                dw[d] += gr[d] * xh;
+            }
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void rope_row(const float *restrict xr, float *restrict yr, const float *restrict c,
+                                                          const float *restrict s, const float sign, const int h2) {
+    for (int f = 0; f < h2; f++) {
+        const float a = xr[f], z = xr[f + h2];
+        yr[f] = a * c[f] - sign * z * s[f];
+        yr[f + h2] = z * c[f + h2] + sign * a * s[f + h2];
+    }
+}
+
+/* RoPE in rotate-half form on x (B, H, T, D) with any strides but a contiguous last dimension:
+ * y[f] = x[f] cos[t][f] - sign x[f+h] sin[t][f], y[f+h] = x[f+h] cos[t][f+h] + sign x[f] sin[t][f+h],
+ * h = D/2, tables (T, D) with row stride ts. y has its own strides. The usual head sizes get a copy
+ * with the row loop's length fixed, so it unrolls into whole vectors. */
+void qkvlab_rope(const float *restrict x, long xb, long xh, long xt, float *restrict y, long yb, long yh, long yt,
+                 const float *restrict cos_t, const float *restrict sin_t, long ts, int B, int H, int T, int D,
+                 float sign, int threads) {
+    const int h2 = D / 2;
+    /* Rows in memory order: a view of the fused projection is (B, T, H, D) in memory, and walking it
+     * by head then time would touch a new page on every row. */
+    const int heads_inner = xh <= xt;
+    const int n1 = heads_inner ? T : H, n2 = heads_inner ? H : T;
+#pragma omp parallel for collapse(2) num_threads(threads) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int i = 0; i < n1; i++)
+            for (int j = 0; j < n2; j++) {
+                const int t = heads_inner ? i : j, hh = heads_inner ? j : i;
+                const float *xr = x + b * xb + hh * xh + t * xt;
+                float *yr = y + b * yb + hh * yh + t * yt;
+                const float *c = cos_t + t * ts, *s = sin_t + t * ts;
+                switch (h2) {
+                case 16: rope_row(xr, yr, c, s, sign, 16); break;
+                case 24: rope_row(xr, yr, c, s, sign, 24); break;
+                case 32: rope_row(xr, yr, c, s, sign, 32); break;
+                case 64: rope_row(xr, yr, c, s, sign, 64); break;
+                default: rope_row(xr, yr, c, s, sign, h2);
+                }
+            }
+}

@@ -1,0 +1,85 @@
+"""The C training ops compute what the PyTorch forms they replace compute, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from qkvlab.model.attention import _rotate, rotate
+from qkvlab.model.kernels import cpu_train
+from qkvlab.model.rms_norm import RMSNorm
+
+pytestmark = pytest.mark.skipif(not cpu_train.available(), reason="no C compiler with OpenMP: the kernels cannot be built")
+
+
+def tables(T: int, D: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ang = torch.rand(T, D // 2, dtype=torch.float64) * 6
+    ang = torch.cat((ang, ang), -1)
+    return ang.cos(), ang.sin()
+
+
+@pytest.mark.parametrize("D", [16, 48, 64, 20])  # 20: a head size without its own unrolled copy
+@pytest.mark.parametrize("layout", ["contiguous", "projection view"])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_rope_equals_rotate_half_in_float64(D, layout, sign):
+    torch.manual_seed(0)
+    B, H, T = 2, 3, 7
+    if layout == "contiguous":
+        x = torch.randn(B, H, T, D)
+    else:  # q of a fused (B, T, 3·H·D) projection, as attention hands it over
+        x = torch.randn(B, T, 3 * H * D)[..., H * D : 2 * H * D].view(B, T, H, D).transpose(1, 2)
+    cos, sin = tables(T, D)
+    assert cpu_train.rope_applies(x, cos.float(), sin.float())
+    got = cpu_train.rope(x, cos.float(), sin.float(), sign)
+    want = _rotate(x.double(), cos, sin, sign)
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+
+
+def test_rope_through_autograd_matches_the_pytorch_form():
+    torch.manual_seed(0)
+    x0, g = torch.randn(2, 4, 9, 32), torch.randn(2, 4, 9, 32)
+    cos, sin = (t.float() for t in tables(9, 32))
+    x = x0.clone().requires_grad_()
+    rotate(x, cos, sin).backward(g)
+    x64 = x0.double().requires_grad_()
+    _rotate(x64, cos.double(), sin.double()).backward(g.double())
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-6, atol=1e-6)
+
+
+def test_rope_leaves_other_dtypes_and_shapes_to_pytorch():
+    cos, sin = (t.float() for t in tables(5, 8))
+    assert not cpu_train.rope_applies(torch.randn(1, 2, 5, 8).bfloat16(), cos, sin)
+    assert not cpu_train.rope_applies(torch.randn(2, 5, 8), cos, sin)
+    assert not cpu_train.rope_applies(torch.randn(1, 2, 5, 16)[..., ::2], cos, sin)
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 24), (7, 384)])
+def test_rms_norm_forward_and_backward_equal_float64_autograd(shape):
+    torch.manual_seed(0)
+    D = shape[-1]
+    norm = RMSNorm(D, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.mul_(1 + 0.3 * torch.randn(D))
+    x0, g = 3 * torch.randn(*shape), torch.randn(*shape)
+    x = x0.clone().requires_grad_()
+    y = norm(x)
+    assert type(y.grad_fn).__name__ == "_RMSNormFnBackward"
+    y.backward(g)
+    x64, w64 = x0.double().requires_grad_(), norm.weight.detach().double().requires_grad_()
+    y64 = F.rms_norm(x64, (D,), w64, 1e-5)
+    y64.backward(g.double())
+    torch.testing.assert_close(y.detach().double(), y64.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm.weight.grad.double(), w64.grad, rtol=1e-5, atol=1e-4)
+
+
+def test_rms_norm_weight_gradient_is_the_same_on_every_run():
+    """Per-thread partial sums over fixed row ranges: no run-to-run drift in dw at a given thread count."""
+    torch.manual_seed(0)
+    x, g, w = torch.randn(64, 48), torch.randn(64, 48), torch.rand(48) + 0.5
+    _, inv = cpu_train.rms_norm_forward(x, w, 1e-5)
+    first = cpu_train.rms_norm_backward(g, x, w, inv)
+    for _ in range(3):
+        again = cpu_train.rms_norm_backward(g, x, w, inv)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
