@@ -30,6 +30,19 @@ def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int,
     return statistics.median(times)
 
 
+def interleaved_medians(paths: dict[str, Callable[[], object]], rounds: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds of each CPU path, timed round-robin (ABAB...) so the machine's drift falls on
+    all of them alike: what the scripts/bench_*.py microbenchmarks compare."""
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for r in range(warmup + rounds):
+        for name, fn in paths.items():
+            t = time.perf_counter()
+            fn()
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def _proc_status_bytes(field: str) -> int:
     match = re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text())
     return int(match.group(1)) * 1024 if match else 0
