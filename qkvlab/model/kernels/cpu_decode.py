@@ -36,7 +36,7 @@ def library() -> Optional[ctypes.CDLL]:
         return None
     fn = lib.qkvlab_shared_kv_decode
     p, i, L, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
-    fn.argtypes = [p, i, L, L, L, p, p, i, i, i, i, i, p, p, L, p, f, f, i, i, p]
+    fn.argtypes = [p, i, L, L, L, p, p, i, i, i, i, i, p, p, i, L, p, f, f, i, i, p]
     fn.restype = ctypes.c_int
     return lib
 
@@ -62,7 +62,7 @@ def decode_shared_kv(
     """softmax(scale · q·keysᵀ) @ S for one new token per sequence.
 
     q: (B, H, D) rotated queries; s: (B, KV, L, D), the valid part of the cache in rotate-half layout
-    (a view of the buffer); cos, sin: (≥L, D/2) fp32 angle tables of the cached positions (one value per
+    (a view of the buffer); cos, sin: (≥L, D/2) fp32 or bf16 angle tables of the cached positions (one value per
     rotary pair, rows contiguous), or None without RoPE; keys are RoPE(key_map(S)), key_map = rmsnorm(S)·gain with key_norm_eps, S·gain with a gain
     alone, else S. Returns (B, H, D) in q's dtype."""
     lib = library()
@@ -78,7 +78,9 @@ def decode_shared_kv(
     cos_p = sin_p = None
     row = 0
     if cos is not None:
-        cos, sin = (t if t.dtype == torch.float32 and t.stride(-1) == 1 else t.float().contiguous() for t in (cos, sin))
+        # fp32 or bf16 tables are read as they are (converting a bf16 model's tables cost 0.1 ms a layer at 8192)
+        if not (cos.dtype == sin.dtype and cos.dtype in (torch.float32, torch.bfloat16) and cos.stride(-1) == sin.stride(-1) == 1):
+            cos, sin = cos.float().contiguous(), sin.float().contiguous()
         if cos.stride(0) != sin.stride(0) or cos.shape[0] < L:
             raise ValueError("shared_kv_decode: cos and sin must be (>= L, D/2) tables of one row stride")
         cos_p, sin_p, row = cos.data_ptr(), sin.data_ptr(), cos.stride(0)
@@ -86,7 +88,7 @@ def decode_shared_kv(
     eps = -1.0 if key_norm_eps is None else float(key_norm_eps)
     status = lib.qkvlab_shared_kv_decode(
         s.data_ptr(), int(s.dtype == torch.bfloat16), s.stride(0), s.stride(1), s.stride(2),
-        q32.data_ptr(), out.data_ptr(), B, H, KV, L, D, cos_p, sin_p, row, _ptr(gain),
+        q32.data_ptr(), out.data_ptr(), B, H, KV, L, D, cos_p, sin_p, int(cos is not None and cos.dtype == torch.bfloat16), row, _ptr(gain),
         eps, float(scale), splits, threads, work.data_ptr(),
     )
     if status:

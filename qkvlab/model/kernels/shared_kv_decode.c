@@ -75,7 +75,8 @@ typedef struct {
     long sb, skv, sl;
     const float *q;
     int H, KV, L, D;
-    const float *cos_t, *sin_t;
+    const void *cos_t, *sin_t;
+    int tables_bf16;
     long table_stride;
     const float *gain;
     float norm_eps, scale;
@@ -103,11 +104,15 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
         const int n = hi - j0 < BLOCK ? hi - j0 : BLOCK;
         if (rope) {
             for (int r = 0; r < n; r++) {
-                const float *c = a->cos_t + (long)(j0 + r) * a->table_stride;
-                const float *s = a->sin_t + (long)(j0 + r) * a->table_stride;
+                const long row = (long)(j0 + r) * a->table_stride;
                 for (int i = 0; i < NF; i++) {
-                    tc[r][i] = load(c + i * W);
-                    ts[r][i] = load(s + i * W);
+                    if (a->tables_bf16) {
+                        tc[r][i] = load_bf16((const uint16_t *)a->cos_t + row + i * W);
+                        ts[r][i] = load_bf16((const uint16_t *)a->sin_t + row + i * W);
+                    } else {
+                        tc[r][i] = load((const float *)a->cos_t + row + i * W);
+                        ts[r][i] = load((const float *)a->sin_t + row + i * W);
+                    }
                 }
             }
         }
@@ -220,15 +225,15 @@ static const int SIZES[] = {32, 48, 64, 128};
 static const span_fn SPAN_TABLE[5][8] = {TABLE(32), TABLE(48), TABLE(64), TABLE(128), TABLE(any)};
 
 /* q, out: (B, H, D) float32 contiguous. s: element (b, kv, j, d) at b*sb + kv*skv + j*sl + d, features in
- * rotate-half layout (pair f is features f and f + D/2). Tables: (L, D/2) fp32, element (j, f) at
- * j*table_stride + f, or NULL for no RoPE. gain: (D,) or NULL; norm_eps < 0: no RMSNorm on keys.
+ * rotate-half layout (pair f is features f and f + D/2). Tables: (L, D/2) fp32, or bf16 with tables_bf16 (a
+ * model cast to bf16 keeps its tables so), element (j, f) at j*table_stride + f, or NULL for no RoPE. gain: (D,) or NULL; norm_eps < 0: no RMSNorm on keys.
  * work: B*splits*H*(D+2) floats. */
 int qkvlab_shared_kv_decode(const void *s, int bf16, long sb, long skv, long sl, const float *q, float *out,
-                            int B, int H, int KV, int L, int D, const float *cos_t, const float *sin_t,
-                            long table_stride, const float *gain, float norm_eps, float scale,
+                            int B, int H, int KV, int L, int D, const void *cos_t, const void *sin_t,
+                            int tables_bf16, long table_stride, const float *gain, float norm_eps, float scale,
                             int splits, int threads, float *work) {
     if (D % (2 * W) || D > VMAX * W || H % KV || H / KV > GMAX) return 1;
-    const Args a = {s, bf16, sb, skv, sl, q, H, KV, L, D, cos_t, sin_t, table_stride, gain, norm_eps, scale};
+    const Args a = {s, bf16, sb, skv, sl, q, H, KV, L, D, cos_t, sin_t, tables_bf16, table_stride, gain, norm_eps, scale};
     int size = 4;
     for (int i = 0; i < 4; i++)
         if (SIZES[i] == D) size = i;

@@ -55,6 +55,19 @@ def test_bf16_cache_is_read_as_bf16():
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
+def test_bf16_tables_are_read_as_they_are():
+    """A model cast to bf16 keeps bf16 rotary tables: the kernel reads them without a converted copy
+    and gives what fp32 copies of the same values give."""
+    torch.manual_seed(0)
+    s = torch.randn(1, 2, 300, 48).bfloat16()
+    q = torch.randn(1, 4, 48)
+    angles = torch.rand(300, 48) * 6
+    cos, sin = angles.cos().bfloat16()[:, :24], angles.sin().bfloat16()[:, :24]  # views of (L, D) tables
+    got = cpu_decode.decode_shared_kv(q, s, cos, sin, scale=0.2)
+    assert torch.equal(got, cpu_decode.decode_shared_kv(q, s, cos.float(), sin.float(), scale=0.2))
+    torch.testing.assert_close(got.double(), reference(q, s, cos.float(), sin.float(), 0.2, None, None), rtol=1e-5, atol=1e-5)
+
+
 def test_long_cache_with_large_scores_is_stable():
     """Scores spread far apart (the online softmax's rescaling) and a cache split across work units."""
     torch.manual_seed(0)
