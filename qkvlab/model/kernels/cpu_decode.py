@@ -76,19 +76,19 @@ def decode_shared_kv(
     splits = max(1, min(-(-2 * threads // B), L // MIN_SPLIT_ROWS))
     work = torch.empty(B * splits * H * (D + 2), dtype=torch.float32)
     cos_p = sin_p = None
-    row = 0
+    row = tables_bf16 = 0
     if cos is not None:
         # fp32 or bf16 tables are read as they are (converting a bf16 model's tables cost 0.1 ms a layer at 8192)
         if not (cos.dtype == sin.dtype and cos.dtype in (torch.float32, torch.bfloat16) and cos.stride(-1) == sin.stride(-1) == 1):
             cos, sin = cos.float().contiguous(), sin.float().contiguous()
         if cos.stride(0) != sin.stride(0) or cos.shape[0] < L:
             raise ValueError("shared_kv_decode: cos and sin must be (>= L, D/2) tables of one row stride")
-        cos_p, sin_p, row = cos.data_ptr(), sin.data_ptr(), cos.stride(0)
+        cos_p, sin_p, row, tables_bf16 = cos.data_ptr(), sin.data_ptr(), cos.stride(0), int(cos.dtype == torch.bfloat16)
     gain = None if key_gain is None else key_gain.float().contiguous()
     eps = -1.0 if key_norm_eps is None else float(key_norm_eps)
     status = lib.qkvlab_shared_kv_decode(
         s.data_ptr(), int(s.dtype == torch.bfloat16), s.stride(0), s.stride(1), s.stride(2),
-        q32.data_ptr(), out.data_ptr(), B, H, KV, L, D, cos_p, sin_p, int(cos is not None and cos.dtype == torch.bfloat16), row, _ptr(gain),
+        q32.data_ptr(), out.data_ptr(), B, H, KV, L, D, cos_p, sin_p, tables_bf16, row, _ptr(gain),
         eps, float(scale), splits, threads, work.data_ptr(),
     )
     if status:
