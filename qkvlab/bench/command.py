@@ -101,9 +101,9 @@ def bench(configs: Sequence[Config], overrides: Sequence[str], opts, names: Sequ
     from qkvlab.bench.peaks import best_peak, device_peak
     from qkvlab.bench.run import bench_variants
     from qkvlab.model.kv_decode import policy as decode_policy
-    from qkvlab.model.onednn_linear import linear_path
+    from qkvlab.model.inference_linear import describe, linear_paths
     from qkvlab.train.distributed import session
-    from qkvlab.train.device import pick_device, resolve_precision
+    from qkvlab.train.device import compute_dtype, pick_device, resolve_precision
 
     first = configs[0]
     device = pick_device(first.train.device)
@@ -141,7 +141,7 @@ def bench(configs: Sequence[Config], overrides: Sequence[str], opts, names: Sequ
         "timing": {"steps": opts.steps, "repeats": opts.repeats, "warmup": opts.warmup,
                    "decode_tokens": opts.decode_tokens, "statistic": "median", "order": "round-robin over variants"},
         "decode_kernel": decode_policy(),
-        "inference_linears": linear_path() if device.type == "cpu" and precision == "fp32" else "torch",
+        "inference_linears": describe(linear_paths(compute_dtype(precision))) if device.type == "cpu" else "torch",
         "variants": rows,
     }
 

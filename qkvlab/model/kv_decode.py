@@ -8,8 +8,8 @@ decoding keeps the PyTorch path. Whether the kernel applies is fixed per device,
 a cache keeps one feature layout from prefill to the last token: rotate-half with the kernel, rotary
 pairs side by side (PyTorch's complex path) without it in fp32.
 
-QKVLAB_DECODE_KERNEL=off turns the kernels off, and with them inference's oneDNN Linears on CPUs
-(onednn_linear.py): plain PyTorch, which bench compares against.
+QKVLAB_DECODE_KERNEL=off turns the kernels off, and with them inference's oneDNN and C Linears on
+CPUs (inference_linear.py): plain PyTorch, which bench compares against.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def policy() -> str:
 
 
 def set_policy(name: Optional[str]) -> None:
-    """`auto` (the kernels and oneDNN Linears where they apply), `off` (plain PyTorch), None (back to the environment's)."""
+    """`auto` (the kernels and the fastest inference Linears where they apply), `off` (plain PyTorch), None (back to the environment's)."""
     global _policy
     if name is not None and name not in POLICIES:
         raise ValueError(f"decode kernel policy {name!r}; choose one of {', '.join(POLICIES)}")

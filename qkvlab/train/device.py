@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from qkvlab.errors import ConfigError
-from qkvlab.model.onednn_linear import use_onednn
+from qkvlab.model.inference_linear import use_fast_linears
 
 
 def check_device(name: str) -> None:
@@ -127,8 +127,9 @@ def inference_model(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """The model in the dtype it infers in, cast once: eval, generate, the lm-eval harness and bench's
     decoding. Autocast would re-cast every weight on every forward, which for one-token decoding costs
     more than the bf16 matmuls save (bf16 decoding ran at 0.78x fp32 that way); the KV cache is kept in
-    the same dtype. Training keeps autocast over fp32 weights. On a CPU in fp32 the Linears compute
-    through oneDNN where it measures faster than MKL (qkvlab/model/onednn_linear.py: AMD CPUs)."""
+    the same dtype. Training keeps autocast over fp32 weights. On a CPU the Linears compute through the path that
+    measures fastest here: PyTorch's, oneDNN's or a C loop for decoding's few rows
+    (qkvlab/model/inference_linear.py)."""
     model = model.to(compute_dtype(precision)).eval()
-    use_onednn(model)
+    use_fast_linears(model)
     return model

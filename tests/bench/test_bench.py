@@ -7,7 +7,8 @@ import pytest
 from qkvlab.bench.peaks import accelerator_peak
 from qkvlab.errors import ConfigError
 from qkvlab.model.kernels import cpu_decode
-from qkvlab.model.onednn_linear import linear_path
+from qkvlab.model.inference_linear import describe, linear_paths
+from qkvlab.train.device import compute_dtype
 
 VARIANT_FIELDS = {
     "variant", "sharing", "n_kv_heads", "params/total", "params/attention", "params/matmul", "tokens_per_step",
@@ -42,7 +43,7 @@ def test_bench_on_tiny_writes_every_field(run_cli, tmp_path):
     mha, mqa, nano_mha, _ = report["variants"]
     assert nano_mha["params/total"] != mha["params/total"]  # another block: GELU MLP, biases, a position table
     assert mha["decode/path"] == "sdpa"
-    assert report["inference_linears"] == (linear_path() if report["precision"] == "fp32" else "torch")
+    assert report["inference_linears"] == describe(linear_paths(compute_dtype(report["precision"])))
     assert f"Linears: {report['inference_linears']}" in out.stdout
     assert mqa["decode/path"] == ("kernel:cpu" if cpu_decode.available() else "pytorch")
     for c in ("16", "32"):

@@ -1,0 +1,74 @@
+"""One-row (few-row) Linears on CPUs in C: the matrix-vector products of batch-1 decoding.
+
+Decoding reads every weight once per token, so these products are most of a small model's token
+time, and both BLAS libraries bundled with PyTorch run them well below the memory's speed: on a
+2-core AMD EPYC (AVX2), `model=small`'s products read fp32 weights at 11 GB/s through MKL and 13
+through oneDNN, where a plain threaded loop over four weight rows at a time reads 21, and bf16
+weights at 10 GB/s through F.linear. Whether this path wins on a machine is measured, not assumed
+(qkvlab/model/inference_linear.py). Source: few_rows_linear.c, built by cpu_build.py.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+from typing import Optional
+
+import torch
+
+from qkvlab.model.kernels import cpu_build
+
+# More rows than this and a GEMM library's blocking pays off (prefill); the C loop is for decoding.
+MAX_ROWS = 8
+DTYPES = (torch.float32, torch.bfloat16)
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> Optional[ctypes.CDLL]:
+    lib = cpu_build.load("few_rows_linear")
+    if lib is None:
+        return None
+    p, i = ctypes.c_void_p, ctypes.c_int
+    lib.qkvlab_few_rows_linear.argtypes = [p, i, p, i, p, p, i, i, i, i]
+    lib.qkvlab_few_rows_linear.restype = ctypes.c_int
+    return lib
+
+
+def available() -> bool:
+    return library() is not None
+
+
+def applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether `few_rows_linear` takes these: CPU tensors, x and weight fp32 or bf16 (x's dtype is the
+    output's), the bias in the weight's dtype, rows of weight contiguous, the input size a multiple of
+    16, at most MAX_ROWS rows, and not under torch.compile (Inductor cannot trace a C call)."""
+    K = weight.shape[-1]
+    return (
+        x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and x.dtype in DTYPES
+        and weight.dtype in DTYPES
+        and weight.dim() == 2
+        and weight.stride(1) == 1
+        and weight.stride(0) == K
+        and (bias is None or (bias.dtype == weight.dtype and bias.is_contiguous()))
+        and x.shape[-1] == K
+        and K % 16 == 0
+        and 0 < x.numel() // K <= MAX_ROWS
+        and not torch.compiler.is_compiling()
+        and available()
+    )
+
+
+def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.linear(x, weight, bias) for inputs `applies` accepts, summed in fp32, the result in x's dtype."""
+    N, K = weight.shape
+    x = x.contiguous()
+    y = torch.empty(*x.shape[:-1], N, dtype=x.dtype)
+    status = library().qkvlab_few_rows_linear(
+        x.data_ptr(), int(x.dtype == torch.bfloat16), weight.data_ptr(), int(weight.dtype == torch.bfloat16),
+        None if bias is None else bias.data_ptr(), y.data_ptr(), x.numel() // K, N, K, torch.get_num_threads(),
+    )
+    if status:
+        raise ValueError(f"few_rows_linear: unsupported shape (x {tuple(x.shape)}, weight {tuple(weight.shape)})")
+    return y
