@@ -34,6 +34,28 @@ def test_forward_and_gradients_are_f_rms_norms(shape, eps):
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 16), (2, 70, 16)])
+def test_inference_takes_the_c_forward_and_computes_f_rms_norm(shape, monkeypatch):
+    """Without gradients (eval, generate, decoding) a CPU fp32 norm is one C pass, on one thread for
+    decoding's few rows; its values are F.rms_norm's."""
+    from qkvlab.model.kernels import cpu_train
+
+    if not cpu_train.available():
+        pytest.skip("no C compiler with OpenMP")
+    torch.manual_seed(0)
+    norm = RMSNorm(16, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.mul_(1 + 0.3 * torch.randn(16))
+    x = 3 * torch.randn(*shape)
+    calls = []
+    real = cpu_train.rms_norm_forward
+    monkeypatch.setattr(cpu_train, "rms_norm_forward", lambda *a, **k: calls.append(k) or real(*a, **k))
+    with torch.no_grad():
+        y = norm(x)
+    assert calls == [{"save": False}]
+    torch.testing.assert_close(y, F.rms_norm(x, (16,), norm.weight, 1e-5), rtol=1e-5, atol=1e-5)
+
+
 def test_the_hand_written_backward_passes_gradcheck():
     torch.manual_seed(0)
     x = torch.randn(4, 6, 8, dtype=torch.float64, requires_grad=True)

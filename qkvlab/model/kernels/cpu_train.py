@@ -18,6 +18,9 @@ import torch
 
 from qkvlab.model.kernels import cpu_build
 
+# Rows below which a row-wise op runs on one thread.
+FEW_ROWS = 64
+
 
 @functools.lru_cache(maxsize=1)
 def library() -> Optional[ctypes.CDLL]:
@@ -46,14 +49,18 @@ def rms_norm_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return _fp32_cpu(x, weight) and weight.dim() == 1 and x.shape[-1] == weight.shape[0] and available()
 
 
-def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(y, inv): y = x · inv · weight, inv = 1/sqrt(mean(x²) + eps) per row (saved for the backward)."""
+def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float, save: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(y, inv): y = x · inv · weight, inv = 1/sqrt(mean(x²) + eps) per row (saved for the backward;
+    None without `save`, for inference). A few rows (decoding's one token) run on one thread: waking
+    the others costs more than the row."""
     x = x.contiguous()
     D = x.shape[-1]
+    rows = x.numel() // D
     y = torch.empty_like(x)
-    inv = torch.empty(x.shape[:-1], dtype=torch.float32)
+    inv = torch.empty(x.shape[:-1], dtype=torch.float32) if save else None
     w = weight.detach().contiguous()
-    library().qkvlab_rms_norm_forward(x.data_ptr(), w.data_ptr(), y.data_ptr(), inv.data_ptr(), x.numel() // D, D, eps, torch.get_num_threads())
+    threads = 1 if rows < FEW_ROWS else torch.get_num_threads()
+    library().qkvlab_rms_norm_forward(x.data_ptr(), w.data_ptr(), y.data_ptr(), None if inv is None else inv.data_ptr(), rows, D, eps, threads)
     return y, inv
 
 
@@ -91,6 +98,6 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float = 1.
     y = torch.empty_like(x)
     library().qkvlab_rope(
         x.data_ptr(), x.stride(0), x.stride(1), x.stride(2), y.data_ptr(), y.stride(0), y.stride(1), y.stride(2),
-        cos.data_ptr(), sin.data_ptr(), cos.stride(0), B, H, T, D, sign, torch.get_num_threads(),
+        cos.data_ptr(), sin.data_ptr(), cos.stride(0), B, H, T, D, sign, 1 if B * H * T < FEW_ROWS else torch.get_num_threads(),
     )
     return y

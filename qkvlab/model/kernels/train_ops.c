@@ -16,7 +16,7 @@ void qkvlab_rms_norm_forward(const float *restrict x, const float *restrict w, f
         float ss = 0.0f;
         for (int d = 0; d < D; d++) ss += xr[d] * xr[d];
         const float v = 1.0f / sqrtf(ss / (float)D + eps);
-        inv[r] = v;
+        if (inv) inv[r] = v; /* NULL for inference: nothing saved for a backward */
         for (int d = 0; d < D; d++) yr[d] = xr[d] * v * w[d];
     }
 }
