@@ -3,10 +3,10 @@ fp32), oneDNN's (the matmul library bundled with PyTorch), or qkvlab's C loop fo
 (kernels/cpu_linear.py).
 
 Decoding reads every weight once per token, so these products are paid by every variant alike and
-dilute what a smaller KV cache saves. No library wins everywhere. On a 2-core AMD EPYC, MKL read
-`model=small`'s fp32 weights at 10-11 GB/s for one row, oneDNN at 13-19 and the C loop at 21, and a
-2048-row prefill product ran at 87-154 GFLOP/s with MKL against 204-207 with oneDNN
-(`scripts/bench_linear.py`); on an Intel Xeon MKL was the faster (26 GB/s, oneDNN 19.5). So
+dilute what a smaller KV cache saves. No library wins everywhere. On a 2-core AVX2 EPYC, MKL read
+`model=small`'s fp32 weights at 11-13 GB/s for one row, oneDNN at 15-18 and the C loop at 20-27.5;
+on an earlier AMD EPYC a 2048-row prefill product ran at 87-154 GFLOP/s with MKL against 204-207 with
+oneDNN (`scripts/bench_linear.py`); on an Intel Xeon MKL was the faster (26 GB/s, oneDNN 19.5). So
 `fastest_paths` times the candidates once per process, dtype and thread count on one-row products
 over weights past a core's L2, interleaved, and a path other than PyTorch's is taken only where it
 wins by 5%. The one-row winner serves products of up to cpu_linear.MAX_ROWS rows (decoding); longer
