@@ -1,9 +1,9 @@
-"""The CPU decode kernel alone against `mha`'s SDPA over K and V, and against a plain read of the same bytes.
+"""The CPU decode kernel alone, over S and over `mha`'s K and V, against SDPA over K and V and a plain read of S.
 
 Shapes of `model=small` (8 KV heads of 48 features, batch 1), six layers' caches visited in turn so each
 call reads from memory, not from cache, as whole-model decoding does. Medians of interleaved rounds.
 
-    python scripts/bench_cpu_decode.py [--threads 2] [--lengths 2048,8192] [--rounds 10]
+    python scripts/bench_cpu_decode.py [--threads 2] [--lengths 2048,8192] [--rounds 10] [--dtype fp32,bf16]
 """
 
 from __future__ import annotations
@@ -25,20 +25,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--lengths", default="2048,8192")
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--dtype", default="fp32", help="comma-separated: fp32, bf16 (the caches' dtype)")
     args = ap.parse_args()
     if not available():
         raise SystemExit("bench_cpu_decode: the kernel could not be built (no C compiler with OpenMP)")
     torch.set_num_threads(args.threads)
-    print(f"{args.threads} threads, {LAYERS} layers of (1, {KV}, L, {D}) fp32")
-    for L in (int(x) for x in args.lengths.split(",")):
-        s = [torch.randn(1, KV, L, D) for _ in range(LAYERS)]
-        k = [torch.randn(1, KV, L, D) for _ in range(LAYERS)]
-        v = [torch.randn(1, KV, L, D) for _ in range(LAYERS)]
-        q = torch.randn(1, KV, D)
+    for name, L in ((n, int(x)) for n in args.dtype.split(",") for x in args.lengths.split(",")):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+        print(f"{args.threads} threads, {LAYERS} layers of (1, {KV}, {L}, {D}) {name}")
+        s = [torch.randn(1, KV, L, D, dtype=dtype) for _ in range(LAYERS)]
+        k = [torch.randn(1, KV, L, D, dtype=dtype) for _ in range(LAYERS)]
+        v = [torch.randn(1, KV, L, D, dtype=dtype) for _ in range(LAYERS)]
+        q = torch.randn(1, KV, D, dtype=dtype)
         angles = torch.rand(L, D)
-        cos, sin = angles.cos()[:, : D // 2], angles.sin()[:, : D // 2]  # views of (L, D) tables, as the model passes
+        cos, sin = (t.to(dtype)[:, : D // 2] for t in (angles.cos(), angles.sin()))  # views of (L, D) tables, as the model passes
         paths = {
-            "kernel (S once, RoPE in registers)": (lambda i: decode_shared_kv(q, s[i], cos, sin, scale=D**-0.5), 1),
+            "kernel over S (RoPE in registers)": (lambda i: decode_shared_kv(q, s[i], cos, sin, scale=D**-0.5), 1),
+            "kernel over K and V (mha)": (lambda i: decode_shared_kv(q, k[i], None, None, scale=D**-0.5, values=v[i]), 2),
             "sdpa over K and V (mha)": (lambda i: F.scaled_dot_product_attention(q[:, :, None], k[i], v[i]), 2),
             "read S (torch.sum)": (lambda i: s[i].sum(), 1),
         }
@@ -52,7 +55,7 @@ def main() -> None:
                     times[name].append(time.perf_counter() - t)
         for name, (_, tensors) in paths.items():
             sec = statistics.median(times[name])
-            nbytes = LAYERS * tensors * KV * L * D * 4
+            nbytes = LAYERS * tensors * KV * L * D * s[0].element_size()
             print(f"L={L:6d}  {name:36s} {sec / LAYERS * 1e3:7.3f} ms/layer  {nbytes / sec / 1e9:6.1f} GB/s")
 
 

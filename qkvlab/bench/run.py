@@ -153,8 +153,8 @@ def weight_bytes_read(model: torch.nn.Module) -> int:
 
 
 def decode_path(model, cache: KVCache) -> str:
-    """How one-token decoding attends, for the table: SDPA over K and V, a fused kernel over the one
-    cached S, or PyTorch's rotate-then-SDPA over it; a family's own path otherwise."""
+    """How one-token decoding attends, for the table: a fused kernel (over the one cached S, or over K
+    and V on a CPU), SDPA over K and V, or PyTorch's rotate-then-SDPA over S; a family's own path otherwise."""
     paths = []
     for block, layer in zip(model.blocks, cache.layers):
         attn = block.attn
@@ -162,10 +162,10 @@ def decode_path(model, cache: KVCache) -> str:
             name = "family"
         elif attn.reuses or not layer.buffers:
             continue
-        elif attn.spec.cached_tensors == 2:
-            name = "sdpa"
         elif attn.fused_decode(layer):
             name = "kernel:" + kv_decode.kernel_for(layer.buffers[0].device, layer.dtype, attn.spec.n_heads, attn.spec.n_kv_heads, attn.spec.d_head)
+        elif attn.spec.cached_tensors == 2:
+            name = "sdpa"
         else:
             name = "pytorch"
         if name not in paths:

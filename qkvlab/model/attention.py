@@ -377,8 +377,9 @@ class SharedQKVAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(B, T, -1))
 
     def fused_decode(self, cache: "LayerKVCache") -> bool:
-        """Whether one-token decoding of this layer's one-tensor cache runs a fused kernel (kv_decode.py).
-        Fixed per cache, since it also fixes the cache's layout: a layer whose K/V later layers reuse, or
+        """Whether one-token decoding of this layer's cache runs a fused kernel (kv_decode.py): one cached
+        tensor through any of them, K and V through the CPU one. Fixed per cache, since it also fixes a
+        one-tensor cache's layout: a layer whose K/V later layers reuse, or
         a family that changes the scores or their mixing, keeps the PyTorch path."""
         if self.feeds or self.plus is not None or not cache.buffers:
             return False
@@ -386,7 +387,8 @@ class SharedQKVAttention(nn.Module):
         if cls.attend is not SharedQKVAttention.attend or cls.score_space is not SharedQKVAttention.score_space:
             return False
         s = self.spec
-        return kv_decode.kernel_for(cache.buffers[0].device, cache.dtype, s.n_heads, s.n_kv_heads, s.d_head) is not None
+        kernel = kv_decode.kernel_for(cache.buffers[0].device, cache.dtype, s.n_heads, s.n_kv_heads, s.d_head)
+        return kernel is not None and (s.cached_tensors == 1 or kernel in kv_decode.TWO_TENSOR_KERNELS)
 
     def _decode_fused(self, p: dict, rope: Optional[Rope], new_rope: Optional[Rope], cache: "LayerKVCache", start_pos: int) -> torch.Tensor:
         """One token through the fused kernel: S is read once, keys formed from it on the fly."""
@@ -407,10 +409,12 @@ class SharedQKVAttention(nn.Module):
         cos = sin = None
         if rope is not None:
             cos, sin = rope.cos[:, :half], rope.sin[:, :half]
-        scale = self.score_scale if self.score_scale is not None else self.spec.d_head**-0.5
-        y = kv_decode.decode(q[:, :, 0], s, cos, sin, scale=scale, key_gain=gain, key_norm_eps=eps)
+        y = kv_decode.decode(q[:, :, 0], s, cos, sin, scale=self._scale(), key_gain=gain, key_norm_eps=eps)
         B = y.shape[0]
         return self.out(y.to(q.dtype).reshape(B, 1, -1))
+
+    def _scale(self) -> float:
+        return self.score_scale if self.score_scale is not None else self.spec.d_head**-0.5
 
     def forward_cached(self, x, rope: Optional[Rope], cache: "LayerKVCache", start_pos: int, shared: dict) -> torch.Tensor:
         """Incremental decoding; `rope` covers positions 0..start_pos+T.
@@ -433,6 +437,9 @@ class SharedQKVAttention(nn.Module):
         elif self.spec.cached_tensors == 2:
             q, k, v = self.qkv_from(p, new_rope)
             (k, v), pairs = cache.update(start_pos, [k, v]), False
+            if T == 1 and self.fused_decode(cache):
+                y = kv_decode.decode(q[:, :, 0], k, None, None, scale=self._scale(), key_gain=None, key_norm_eps=None, values=v)
+                return self.out(y.to(q.dtype).reshape(B, 1, -1))
         else:
             fused = self.fused_decode(cache)
             if fused and T == 1:

@@ -1,4 +1,5 @@
-"""Decoding a one-tensor cache through the fused kernel gives the PyTorch path's logits."""
+"""Decoding through the fused kernel gives the PyTorch path's logits: one-tensor caches, and on CPUs `mha`'s
+and GQA's K and V too."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from qkvlab.model.kv_cache import KVCache
 from tests.helpers import make_config
 
 ONE_TENSOR = ["k_eq_v", "q_eq_k_eq_v", "k_eq_v_gqa", "k_eq_v_mqa", "k_eq_v_qk_norm", "gemma4_k_eq_v", "keyless", "qvv3"]
+TWO_TENSOR = ["mha", "q_eq_k", "gqa", "mqa"]
 
 
 def decode_logits(model, idx, dtype):
@@ -23,7 +25,7 @@ def decode_logits(model, idx, dtype):
 
 
 @pytest.mark.skipif(not cpu_decode.available(), reason="no C compiler with OpenMP: the kernel cannot be built")
-@pytest.mark.parametrize("variant", ONE_TENSOR)
+@pytest.mark.parametrize("variant", ONE_TENSOR + TWO_TENSOR)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernel_decoding_equals_the_pytorch_path(variant, dtype, monkeypatch):
     torch.manual_seed(0)
@@ -31,6 +33,7 @@ def test_kernel_decoding_equals_the_pytorch_path(variant, dtype, monkeypatch):
     model = build_model(cfg, vocab_size=50).eval().to(dtype)
     assert kv_decode.kernel_for(torch.device("cpu"), dtype, model.spec.n_heads, model.spec.n_kv_heads, model.spec.d_head) == "cpu"
     idx = torch.randint(0, 50, (2, 20))
+    assert model.blocks[0].attn.fused_decode(KVCache(model, batch=2, max_len=20, dtype=dtype)[0])
     fused = decode_logits(model, idx, dtype)
     monkeypatch.setenv("QKVLAB_DECODE_KERNEL", "off")
     plain = decode_logits(model, idx, dtype)

@@ -36,7 +36,7 @@ def library() -> Optional[ctypes.CDLL]:
         return None
     fn = lib.qkvlab_shared_kv_decode
     p, i, L, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
-    fn.argtypes = [p, i, L, L, L, p, p, i, i, i, i, i, p, p, i, L, p, f, f, i, i, p]
+    fn.argtypes = [p, p, i, L, L, L, p, p, i, i, i, i, i, p, p, i, L, p, f, f, i, i, p]
     fn.restype = ctypes.c_int
     return lib
 
@@ -58,8 +58,10 @@ def decode_shared_kv(
     scale: float,
     key_gain: Optional[torch.Tensor] = None,
     key_norm_eps: Optional[float] = None,
+    values: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """softmax(scale · q·keysᵀ) @ S for one new token per sequence.
+    """softmax(scale · q·keysᵀ) @ S for one new token per sequence; with `values` (a separate V cache of
+    s's shape and dtype: `mha`, GQA) the keys are s as cached and the result is softmax(scale · q·sᵀ) @ values.
 
     q: (B, H, D) rotated queries; s: (B, KV, L, D), the valid part of the cache in rotate-half layout
     (a view of the buffer); cos, sin: (≥L, D/2) fp32 or bf16 angle tables of the cached positions (one value per
@@ -70,6 +72,11 @@ def decode_shared_kv(
     _, KV, L, _ = s.shape
     if s.stride(-1) != 1:
         s = s.contiguous()
+    if values is not None:
+        if values.shape != s.shape or values.dtype != s.dtype or cos is not None or key_gain is not None or key_norm_eps is not None:
+            raise ValueError("shared_kv_decode: values must match s in shape and dtype, and come without RoPE or a key map")
+        if values.stride() != s.stride():
+            s, values = s.contiguous(), values.contiguous()
     q32 = q.float().contiguous()
     out = torch.empty(B, H, D, dtype=torch.float32)
     threads = torch.get_num_threads()
@@ -87,7 +94,7 @@ def decode_shared_kv(
     gain = None if key_gain is None else key_gain.float().contiguous()
     eps = -1.0 if key_norm_eps is None else float(key_norm_eps)
     status = lib.qkvlab_shared_kv_decode(
-        s.data_ptr(), int(s.dtype == torch.bfloat16), s.stride(0), s.stride(1), s.stride(2),
+        s.data_ptr(), _ptr(values), int(s.dtype == torch.bfloat16), s.stride(0), s.stride(1), s.stride(2),
         q32.data_ptr(), out.data_ptr(), B, H, KV, L, D, cos_p, sin_p, tables_bf16, row, _ptr(gain),
         eps, float(scale), splits, threads, work.data_ptr(),
     )

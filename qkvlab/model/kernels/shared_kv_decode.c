@@ -70,7 +70,7 @@ static inline v8 vexp(v8 x) {
     return y;
 }
 typedef struct {
-    const void *s;
+    const void *s, *v;
     int bf16;
     long sb, skv, sl;
     const float *q;
@@ -126,16 +126,21 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
                 if (j0 + BLOCK + r < hi) {
                     /* This head's next block into L2 while the other heads' blocks are computed: the
                      * hardware prefetchers alone left the 8192-row cache at 0.7-0.8x the read bound. */
-                    const char *next = (const char *)a->s + (off + (long)BLOCK * a->sl) * (bf16 ? 2 : 4);
-                    for (int o = 0; o < D * (bf16 ? 2 : 4); o += 64) __builtin_prefetch(next + o, 0, 2);
+                    const long ahead = (off + (long)BLOCK * a->sl) * (bf16 ? 2 : 4);
+                    for (int o = 0; o < D * (bf16 ? 2 : 4); o += 64) {
+                        __builtin_prefetch((const char *)a->s + ahead + o, 0, 2);
+                        if (a->v) __builtin_prefetch((const char *)a->v + ahead + o, 0, 2);
+                    }
                 }
                 v8 x[VMAX];
                 if (bf16) {
                     for (int i = 0; i < NV; i++) rows[r][i] = x[i] = load_bf16((const uint16_t *)a->s + off + i * W);
+                    if (a->v)
+                        for (int i = 0; i < NV; i++) rows[r][i] = load_bf16((const uint16_t *)a->v + off + i * W);
                     vrow[r] = (const float *)rows[r];
                 } else {
-                    vrow[r] = (const float *)a->s + off;
-                    for (int i = 0; i < NV; i++) x[i] = load(vrow[r] + i * W);
+                    vrow[r] = (const float *)(a->v ? a->v : a->s) + off;
+                    for (int i = 0; i < NV; i++) x[i] = load((const float *)a->s + off + i * W);
                 }
                 v8 k[VMAX];
                 float inv = 1.0f;
@@ -227,13 +232,14 @@ static const span_fn SPAN_TABLE[5][8] = {TABLE(32), TABLE(48), TABLE(64), TABLE(
 /* q, out: (B, H, D) float32 contiguous. s: element (b, kv, j, d) at b*sb + kv*skv + j*sl + d, features in
  * rotate-half layout (pair f is features f and f + D/2). Tables: (L, D/2) fp32, or bf16 with tables_bf16 (a
  * model cast to bf16 keeps its tables so), element (j, f) at j*table_stride + f, or NULL for no RoPE. gain: (D,) or NULL; norm_eps < 0: no RMSNorm on keys.
- * work: B*splits*H*(D+2) floats. */
-int qkvlab_shared_kv_decode(const void *s, int bf16, long sb, long skv, long sl, const float *q, float *out,
+ * v: NULL (values are S) or a separate value cache of s's dtype and strides (mha and GQA: keys are then the cached,
+ * already rotated K, with no tables, gain or norm). work: B*splits*H*(D+2) floats. */
+int qkvlab_shared_kv_decode(const void *s, const void *v, int bf16, long sb, long skv, long sl, const float *q, float *out,
                             int B, int H, int KV, int L, int D, const void *cos_t, const void *sin_t,
                             int tables_bf16, long table_stride, const float *gain, float norm_eps, float scale,
                             int splits, int threads, float *work) {
     if (D % (2 * W) || D > VMAX * W || H % KV || H / KV > GMAX) return 1;
-    const Args a = {s, bf16, sb, skv, sl, q, H, KV, L, D, cos_t, sin_t, tables_bf16, table_stride, gain, norm_eps, scale};
+    const Args a = {s, v, bf16, sb, skv, sl, q, H, KV, L, D, cos_t, sin_t, tables_bf16, table_stride, gain, norm_eps, scale};
     int size = 4;
     for (int i = 0; i < 4; i++)
         if (SIZES[i] == D) size = i;

@@ -1,4 +1,5 @@
-"""The CPU decode kernel equals the PyTorch computation it replaces: RoPE(key_map(S)) as keys, S as values."""
+"""The CPU decode kernel equals the PyTorch computation it replaces: RoPE(key_map(S)) as keys, S as values,
+or, for `mha` and GQA, the cached K as keys and a separate V as values."""
 
 from __future__ import annotations
 
@@ -75,3 +76,25 @@ def test_long_cache_with_large_scores_is_stable():
     q = torch.randn(1, 1, 16) * 6
     got = cpu_decode.decode_shared_kv(q, s, None, None, scale=1.0)
     torch.testing.assert_close(got.double(), reference(q, s, None, None, 1.0, None, None), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (8, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d_head,length", [(48, 129), (64, 700)])
+def test_separate_values_give_sdpa_over_k_and_v(heads, kv_heads, dtype, d_head, length):
+    """`mha`'s two cached tensors: keys as cached (already rotated), values read from V, not from K."""
+    torch.manual_seed(0)
+    k = torch.randn(2, kv_heads, length + 3, d_head).to(dtype)[:, :, :length]
+    v = torch.randn(2, kv_heads, length + 3, d_head).to(dtype)[:, :, :length]
+    q = torch.randn(2, heads, d_head)
+    got = cpu_decode.decode_shared_kv(q, k, None, None, scale=0.25, values=v)
+    want = F.scaled_dot_product_attention(q.double()[:, :, None], k.double(), v.double(), scale=0.25, enable_gqa=heads != kv_heads)[:, :, 0]
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_separate_values_refuse_a_key_map_or_another_shape():
+    k = torch.randn(1, 2, 40, 32)
+    with pytest.raises(ValueError, match="values must match s"):
+        cpu_decode.decode_shared_kv(torch.randn(1, 2, 32), k, None, None, scale=1.0, values=torch.randn(1, 2, 41, 32))
+    with pytest.raises(ValueError, match="without RoPE or a key map"):
+        cpu_decode.decode_shared_kv(torch.randn(1, 2, 32), k, None, None, scale=1.0, key_gain=torch.ones(32), values=k)
