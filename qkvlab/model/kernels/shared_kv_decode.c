@@ -90,8 +90,8 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
     const int H = a->H, KV = a->KV, G = H / KV, NV = D / W, NF = NV / 2;
     const int norm = a->norm_eps >= 0.0f;
     const float scale = a->scale;
-    v8 rows[BLOCK][VMAX];
-    v8 tc[BLOCK][VMAX / 2], ts[BLOCK][VMAX / 2]; /* each block row's cos and sin, one per rotary pair */
+    v8 rows[BLOCK * VMAX]; /* packed by the head size: a fixed 256-feature stride put every row on the same few L1 sets */
+    v8 tc[BLOCK * VMAX / 2], ts[BLOCK * VMAX / 2]; /* each block row's cos and sin, one per rotary pair */
     v8 gain[VMAX], qk[GMAX][VMAX];
     float sc[GMAX][BLOCK], p[BLOCK];
     for (int i = 0; i < NV; i++) gain[i] = a->gain ? load(a->gain + i * W) : splat(1.0f);
@@ -107,11 +107,11 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
                 const long row = (long)(j0 + r) * a->table_stride;
                 for (int i = 0; i < NF; i++) {
                     if (a->tables_bf16) {
-                        tc[r][i] = load_bf16((const uint16_t *)a->cos_t + row + i * W);
-                        ts[r][i] = load_bf16((const uint16_t *)a->sin_t + row + i * W);
+                        tc[r * NF + i] = load_bf16((const uint16_t *)a->cos_t + row + i * W);
+                        ts[r * NF + i] = load_bf16((const uint16_t *)a->sin_t + row + i * W);
                     } else {
-                        tc[r][i] = load((const float *)a->cos_t + row + i * W);
-                        ts[r][i] = load((const float *)a->sin_t + row + i * W);
+                        tc[r * NF + i] = load((const float *)a->cos_t + row + i * W);
+                        ts[r * NF + i] = load((const float *)a->sin_t + row + i * W);
                     }
                 }
             }
@@ -134,10 +134,10 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
                 }
                 v8 x[VMAX];
                 if (bf16) {
-                    for (int i = 0; i < NV; i++) rows[r][i] = x[i] = load_bf16((const uint16_t *)a->s + off + i * W);
+                    for (int i = 0; i < NV; i++) rows[r * NV + i] = x[i] = load_bf16((const uint16_t *)a->s + off + i * W);
                     if (a->v)
-                        for (int i = 0; i < NV; i++) rows[r][i] = load_bf16((const uint16_t *)a->v + off + i * W);
-                    vrow[r] = (const float *)rows[r];
+                        for (int i = 0; i < NV; i++) rows[r * NV + i] = load_bf16((const uint16_t *)a->v + off + i * W);
+                    vrow[r] = (const float *)(rows + r * NV);
                 } else {
                     vrow[r] = (const float *)(a->v ? a->v : a->s) + off;
                     for (int i = 0; i < NV; i++) x[i] = load((const float *)a->s + off + i * W);
@@ -156,8 +156,8 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
                 if (rope) {
                     for (int i = 0; i < NF; i++) {
                         const v8 u = k[i], w = k[i + NF];
-                        k[i] = u * tc[r][i] - w * ts[r][i];
-                        k[i + NF] = w * tc[r][i] + u * ts[r][i];
+                        k[i] = u * tc[r * NF + i] - w * ts[r * NF + i];
+                        k[i + NF] = w * tc[r * NF + i] + u * ts[r * NF + i];
                     }
                 }
                 for (int g = 0; g < G; g++) {
