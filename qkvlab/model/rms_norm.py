@@ -8,8 +8,9 @@ mean(g·w·x̂)) with x̂ = x · inv, is written out, and both directions run as
 (kernels/cpu_train.py) where the kernels build, else as a few PyTorch ops
 (`scripts/bench_rms_norm.py` times all three). Inference without gradients on a CPU in fp32
 takes the same C forward: decoding's one-row norm ran at 40-55 µs through F.rms_norm's six ops
-inside a `model=small` token on an AVX2 EPYC, 13 of them a token. Elsewhere (CUDA has a fused
-kernel, bf16 inputs keep autocast's rules) it is `nn.RMSNorm` unchanged; the parameters and the
+inside a `model=small` token on an AVX2 EPYC, 13 of them a token; so does a model cast to bf16
+(F.rms_norm's upcasts and casts back took 0.55 of a 2.3 ms bf16 `k_eq_v` token on a Zen 5 EPYC).
+Elsewhere (CUDA has a fused kernel, autocast keeps its own rules) it is `nn.RMSNorm` unchanged; the parameters and the
 state_dict are nn.RMSNorm's.
 """
 
@@ -59,7 +60,8 @@ class RMSNorm(nn.RMSNorm):
             and (x.requires_grad or self.weight.requires_grad)
         ):
             return _RMSNormFn.apply(x, self.weight, self._eps(x))
-        if self.weight is not None and cpu_train.rms_norm_applies(x, self.weight):  # fp32 on a CPU, no gradient needed
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or (self.weight is not None and self.weight.requires_grad))
+        if self.weight is not None and not needs_grad and cpu_train.rms_norm_inference_applies(x, self.weight):
             return cpu_train.rms_norm_forward(x, self.weight, self._eps(x), save=False)[0]
         return super().forward(x)
 

@@ -34,10 +34,12 @@ def test_forward_and_gradients_are_f_rms_norms(shape, eps):
         torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 1, 16), (2, 70, 16)])
-def test_inference_takes_the_c_forward_and_computes_f_rms_norm(shape, monkeypatch):
-    """Without gradients (eval, generate, decoding) a CPU fp32 norm is one C pass, on one thread for
-    decoding's few rows; its values are F.rms_norm's."""
+def test_inference_takes_the_c_forward_and_computes_f_rms_norm(shape, dtype, monkeypatch):
+    """Without gradients (eval, generate, decoding) a CPU norm, fp32 or in a model cast to bf16, is one
+    C pass, on one thread for decoding's few rows; its values are F.rms_norm's (bf16: computed in fp32,
+    rounded once, so at most one bf16 step apart)."""
     from qkvlab.model.kernels import cpu_train
 
     if not cpu_train.available():
@@ -46,14 +48,19 @@ def test_inference_takes_the_c_forward_and_computes_f_rms_norm(shape, monkeypatc
     norm = RMSNorm(16, eps=1e-5)
     with torch.no_grad():
         norm.weight.mul_(1 + 0.3 * torch.randn(16))
-    x = 3 * torch.randn(*shape)
+    norm.to(dtype)
+    x = (3 * torch.randn(*shape)).to(dtype)
     calls = []
     real = cpu_train.rms_norm_forward
     monkeypatch.setattr(cpu_train, "rms_norm_forward", lambda *a, **k: calls.append(k) or real(*a, **k))
     with torch.no_grad():
         y = norm(x)
-    assert calls == [{"save": False}]
-    torch.testing.assert_close(y, F.rms_norm(x, (16,), norm.weight, 1e-5), rtol=1e-5, atol=1e-5)
+    assert calls == [{"save": False}] and y.dtype == dtype
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2**-7, atol=1e-6)
+    torch.testing.assert_close(y, F.rms_norm(x, (16,), norm.weight, 1e-5), **tol)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        norm(x)
+    assert len(calls) == 1 or dtype == torch.float32  # autocast keeps PyTorch's rules for bf16 rows
 
 
 def test_the_hand_written_backward_passes_gradcheck():

@@ -29,6 +29,8 @@ def library() -> Optional[ctypes.CDLL]:
         return None
     p, i, L, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
     lib.qkvlab_rms_norm_forward.argtypes = [p, p, p, p, L, i, f, i]
+    lib.qkvlab_rms_norm_forward_bf16.argtypes = [p, p, p, L, i, f, i]
+    lib.qkvlab_rms_norm_forward_bf16.restype = None
     lib.qkvlab_rms_norm_backward.argtypes = [p, p, p, p, p, p, L, i, i]
     lib.qkvlab_rope.argtypes = [p, L, L, L, p, L, L, L, p, p, L, i, i, i, i, f, i]
     for fn in (lib.qkvlab_rms_norm_forward, lib.qkvlab_rms_norm_backward, lib.qkvlab_rope):
@@ -49,6 +51,14 @@ def rms_norm_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return _fp32_cpu(x, weight) and weight.dim() == 1 and x.shape[-1] == weight.shape[0] and available()
 
 
+def rms_norm_inference_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """fp32, or bf16 rows and gains (a model cast to bf16; autocast keeps its own rules), on a CPU."""
+    if x.dtype == weight.dtype == torch.bfloat16 and x.device.type == weight.device.type == "cpu":
+        plain = not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+        return plain and weight.dim() == 1 and x.shape[-1] == weight.shape[0] and available()
+    return rms_norm_applies(x, weight)
+
+
 def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float, save: bool = True) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """(y, inv): y = x · inv · weight, inv = 1/sqrt(mean(x²) + eps) per row (saved for the backward;
     None without `save`, for inference). A few rows (decoding's one token) run on one thread: waking
@@ -57,9 +67,14 @@ def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float, save: bo
     D = x.shape[-1]
     rows = x.numel() // D
     y = torch.empty_like(x)
-    inv = torch.empty(x.shape[:-1], dtype=torch.float32) if save else None
     w = weight.detach().contiguous()
     threads = 1 if rows < FEW_ROWS else torch.get_num_threads()
+    if x.dtype == torch.bfloat16:
+        if save:
+            raise ValueError("rms_norm_forward: bf16 rows are for inference (save=False)")
+        library().qkvlab_rms_norm_forward_bf16(x.data_ptr(), w.data_ptr(), y.data_ptr(), rows, D, eps, threads)
+        return y, None
+    inv = torch.empty(x.shape[:-1], dtype=torch.float32) if save else None
     library().qkvlab_rms_norm_forward(x.data_ptr(), w.data_ptr(), y.data_ptr(), None if inv is None else inv.data_ptr(), rows, D, eps, threads)
     return y, inv
 

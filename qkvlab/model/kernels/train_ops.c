@@ -1,10 +1,24 @@
-/* Row-wise ops of CPU fp32 training, each one pass over memory: RMSNorm forward and backward, and
- * rotate-half RoPE (its backward is the same rotation with the sine negated). PyTorch runs them as
+/* Row-wise ops of CPU fp32 training, each one pass over memory: RMSNorm forward (also bf16, for
+ * inference) and backward, and rotate-half RoPE (its backward is the same rotation with the sine negated). PyTorch runs them as
  * chains of elementwise passes (cpu_train.py says how much that cost); loaded by cpu_train.py.
  * Plain loops over contiguous rows: -O3 -march=native vectorises them. */
 #include <math.h>
 #include <omp.h>
+#include <stdint.h>
 #include <string.h>
+
+static inline float bf16_to_float(uint16_t h) {
+    const uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as torch's .to(bfloat16) */
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
 
 /* y = x * inv * w, inv = 1 / sqrt(mean(x^2) + eps), per row of D; inv saved for the backward. */
 void qkvlab_rms_norm_forward(const float *restrict x, const float *restrict w, float *restrict y,
@@ -18,6 +32,24 @@ void qkvlab_rms_norm_forward(const float *restrict x, const float *restrict w, f
         const float v = 1.0f / sqrtf(ss / (float)D + eps);
         if (inv) inv[r] = v; /* NULL for inference: nothing saved for a backward */
         for (int d = 0; d < D; d++) yr[d] = xr[d] * v * w[d];
+    }
+}
+
+/* The same forward on bf16 rows and gains (a model cast to bf16 for inference), computed in fp32 and
+ * rounded once to nearest even, as PyTorch's rms_norm upcasts; no inverse saved. */
+void qkvlab_rms_norm_forward_bf16(const uint16_t *restrict x, const uint16_t *restrict w, uint16_t *restrict y,
+                                  long rows, int D, float eps, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < rows; r++) {
+        const uint16_t *xr = x + r * D;
+        uint16_t *yr = y + r * D;
+        float ss = 0.0f;
+        for (int d = 0; d < D; d++) {
+            const float v = bf16_to_float(xr[d]);
+            ss += v * v;
+        }
+        const float v = 1.0f / sqrtf(ss / (float)D + eps);
+        for (int d = 0; d < D; d++) yr[d] = float_to_bf16(bf16_to_float(xr[d]) * v * bf16_to_float(w[d]));
     }
 }
 
