@@ -1,8 +1,8 @@
 """Compiling qkvlab's C kernels (the decode kernel, the training ops), once per machine.
 
 A source beside this file is compiled with the system C compiler, the one torch.compile also
-needs, into ~/.cache/qkvlab/kernels (XDG_CACHE_HOME respected), keyed by the source, the compiler
-and the CPU's flags, so a home directory shared by machines of different CPUs holds one build per
+needs, into ~/.cache/qkvlab/kernels (XDG_CACHE_HOME respected), keyed by the source, the headers
+beside it, the compiler and the CPU's flags, so a home directory shared by machines of different CPUs holds one build per
 CPU. OpenMP comes from the libgomp PyTorch has already loaded, so the kernels and ATen share one
 thread pool. Where no compiler works, `load` gives None and callers keep their PyTorch path.
 """
@@ -39,7 +39,8 @@ def _build_key(cc: str, source: Path) -> str:
         cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
     except OSError:
         cpu = ""
-    blob = "\n".join([source.read_text(), version, " ".join(FLAGS), cpu])
+    headers = [h.read_text() for h in sorted(source.parent.glob("*.h"))]  # what the sources #include
+    blob = "\n".join([source.read_text(), *headers, version, " ".join(FLAGS), cpu])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

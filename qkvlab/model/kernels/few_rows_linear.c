@@ -7,21 +7,11 @@
  * (w[2t], w[2t+1]) gives w[2t] as (lane << 16) and w[2t+1] as (lane & 0xffff0000), so x is split
  * once per call into its even and odd features to match (GCC turns an 8-wide uint16 -> uint32
  * conversion into six instructions on AVX2, this into two). */
-#include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 
-#define W 8
+#include "vec.h"
+
 #define GROUP 4
-
-typedef float v8 __attribute__((vector_size(32)));
-typedef uint32_t v8u __attribute__((vector_size(32)));
-
-static inline v8 load(const float *p) {
-    v8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 static inline v8u load_u(const void *p) {
     v8u v;
     memcpy(&v, p, sizeof v);
@@ -31,21 +21,6 @@ static inline v8 as_float(v8u u) {
     v8 f;
     memcpy(&f, &u, sizeof f);
     return f;
-}
-static inline float hsum(v8 v) {
-    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
-}
-static inline float bf16_to_float(uint16_t h) {
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as torch's .to(bfloat16) */
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
 }
 
 /* Dots of R (GROUP, or 1 for the last rows) weight rows starting at o with one prepared x row (fp32

@@ -7,40 +7,16 @@
  * 32 query heads per KV head) return 1 and the caller keeps PyTorch. Built and loaded by
  * cpu_decode.py, which says why this is C. */
 #include <math.h>
-#include <stdint.h>
-#include <string.h>
+
+#include "vec.h"
 
 #define BLOCK 64
-#define W 8
 #define VMAX 32 /* head size up to 256 */
 #define GMAX 32
 
-typedef float v8 __attribute__((vector_size(32)));
-typedef int32_t v8i __attribute__((vector_size(32)));
-typedef uint16_t v8h __attribute__((vector_size(16)));
-typedef uint32_t v8u __attribute__((vector_size(32)));
-
-static inline v8 load(const float *p) {
-    v8 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-static inline void store(float *p, v8 v) { memcpy(p, &v, sizeof v); }
-static inline v8 load_bf16(const uint16_t *p) {
-    v8h h;
-    memcpy(&h, p, sizeof h);
-    v8u u = __builtin_convertvector(h, v8u) << 16;
-    v8 f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
 static inline v8 vmax(v8 a, v8 b) {
     const v8i gt = a > b;
     return (v8)((gt & (v8i)a) | (~gt & (v8i)b));
-}
-static inline v8 splat(float x) { return (v8){x, x, x, x, x, x, x, x}; }
-static inline float hsum(v8 v) {
-    return ((v[0] + v[4]) + (v[1] + v[5])) + ((v[2] + v[6]) + (v[3] + v[7]));
 }
 /* exp on 8 lanes, for x <= 0 (scores minus their running max): x = n ln2 + t with |t| <= ln2 / 2, e^t
  * by its degree-7 Taylor polynomial (relative error about 1e-7, fp32's rounding), 2^n put into the

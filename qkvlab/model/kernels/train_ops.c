@@ -4,21 +4,9 @@
  * Plain loops over contiguous rows: -O3 -march=native vectorises them. */
 #include <math.h>
 #include <omp.h>
-#include <stdint.h>
 #include <string.h>
 
-static inline float bf16_to_float(uint16_t h) {
-    const uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as torch's .to(bfloat16) */
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
-}
+#include "vec.h"
 
 /* y = x * inv * w, inv = 1 / sqrt(mean(x^2) + eps), per row of D; inv saved for the backward. */
 void qkvlab_rms_norm_forward(const float *restrict x, const float *restrict w, float *restrict y,

@@ -44,3 +44,17 @@ def test_without_the_kernels_training_ops_keep_their_pytorch_forms(monkeypatch):
     q = torch.randn(1, 2, 4, 8, requires_grad=True)
     ang = torch.rand(4, 8)
     torch.testing.assert_close(rotate(q, ang.cos(), ang.sin()), _rotate(q, ang.cos(), ang.sin()), rtol=0, atol=0)
+
+
+def test_a_header_edit_changes_every_kernels_build_key(tmp_path):
+    """The kernels #include vec.h: a build from before a header edit must not be loaded after it."""
+    for name in ("train_ops", "shared_kv_decode", "few_rows_linear"):
+        (tmp_path / f"{name}.c").write_text(f'#include "vec.h"\nint {name}(void) {{ return 0; }}\n')
+    (tmp_path / "vec.h").write_text("#define W 8\n")
+    cc = cpu_build._compiler()
+    if cc is None:
+        pytest.skip("no C compiler")
+    before = {name: cpu_build._build_key(cc, tmp_path / f"{name}.c") for name in ("train_ops", "shared_kv_decode", "few_rows_linear")}
+    (tmp_path / "vec.h").write_text("#define W 16\n")
+    after = {name: cpu_build._build_key(cc, tmp_path / f"{name}.c") for name in before}
+    assert all(before[n] and after[n] and before[n] != after[n] for n in before)
