@@ -64,44 +64,44 @@ def cpu_has_bf16_matmul() -> bool:
     return torch.backends.mkldnn.is_available() and bool(cpu_flags() & set(BF16_CPU_FLAGS))
 
 
-# On a CPU with AMX, bf16 autocast trains faster than fp32 from this model width up: on a 2-core Xeon
-# (batch 64 x 64, two blocks, d_ff = 4 d_model) it ran 0.53x fp32's speed at d_model 64, level at 128,
-# 1.54x at 256 and 1.87x at 384 (README: precision and compilation).
-AMX_BF16_MIN_D_MODEL = 256
+# On a CPU with bf16 matrix instructions, bf16 autocast trains faster than fp32 from this model width
+# up (batch 64 x 64, two blocks, d_ff = 4 d_model): on a 2-core Xeon with AMX it ran 0.53x fp32's
+# speed at d_model 64, level at 128, 1.54x at 256 and 1.87x at 384; on a 2-core Zen 4 EPYC with
+# AVX512-BF16 and no AMX 0.63x, 1.02-1.16x, 1.47x and 1.5-1.7x (README: precision and compilation).
+BF16_MIN_D_MODEL = 256
 
 
 def precision_choice(name: str, device: torch.device, d_model: int) -> tuple[str, str]:
     """The precision a run computes in, and why, for the summary line: `auto` picks per machine and
     model, so two machines can train the same config in different precisions and report different figures.
 
-    On a CPU `auto` is bf16 only with AMX tiles, and only for models of d_model >= AMX_BF16_MIN_D_MODEL:
-    narrower matmuls are too small for the tiles to repay autocast's casts (the default tiny run,
-    d_model 64, trained at half fp32's speed in bf16 on an AMX Xeon and ended at a worse val loss,
-    0.1203 against 0.1184). AVX512-BF16 alone has bf16 dot products at about the fp32 FMA rate, and
-    autocast's casts then cost more than they save: the default tiny run trained at 0.81x fp32's speed
-    on one thread and 0.86x on two on such an EPYC (and ended at a worse val loss, 0.1261 vs 0.1203);
-    without either, bf16 matmuls are emulated (see the README's measuring cost)."""
+    On a CPU `auto` is bf16 only with bf16 matrix instructions behind oneDNN (AMX tiles or
+    AVX512-BF16 dot products), and only for models of d_model >= BF16_MIN_D_MODEL: narrower matmuls
+    are too small to repay autocast's casts (the default tiny run, d_model 64, trained at half fp32's
+    speed in bf16 on an AMX Xeon and ended at a worse val loss, 0.1203 against 0.1184; at 0.81x on an
+    AVX512-BF16 EPYC, 0.1261 against 0.1203). Without either, bf16 matmuls are emulated (see the
+    README's measuring cost)."""
     if name != "auto":
         return name, f"precision={name} (set by train.precision)"
     if device.type == "cuda":
         return "bf16", "precision=auto -> bf16 (CUDA)"
     if device.type == "cpu":
         flags = cpu_flags()
-        if "amx_bf16" in flags and not torch.backends.mkldnn.is_available():
-            return "fp32", "precision=auto -> fp32 (the CPU has amx_bf16, but this torch has no oneDNN)"
-        if "amx_bf16" in flags and d_model >= AMX_BF16_MIN_D_MODEL:
-            return "bf16", f"precision=auto -> bf16 (CPU with AMX bf16 tiles: amx_bf16; d_model {d_model} >= {AMX_BF16_MIN_D_MODEL})"
-        if "amx_bf16" in flags:
-            return "fp32", (f"precision=auto -> fp32 (AMX bf16 tiles, but d_model {d_model} < {AMX_BF16_MIN_D_MODEL}: "
-                            "bf16 autocast trains slower than fp32 at that width)")
-        if "avx512_bf16" in flags:
-            return "fp32", "precision=auto -> fp32 (avx512_bf16 without AMX: bf16 autocast trains slower than fp32 there)"
-        return "fp32", "precision=auto -> fp32 (CPU without native bf16 matmuls: no AMX or AVX512-BF16)"
+        unit = next((f for f in BF16_CPU_FLAGS if f in flags), None)
+        if unit is None:
+            return "fp32", "precision=auto -> fp32 (CPU without native bf16 matmuls: no AMX or AVX512-BF16)"
+        if not torch.backends.mkldnn.is_available():
+            return "fp32", f"precision=auto -> fp32 (the CPU has {unit}, but this torch has no oneDNN)"
+        what = "AMX bf16 tiles" if unit == "amx_bf16" else "bf16 dot products"
+        if d_model >= BF16_MIN_D_MODEL:
+            return "bf16", f"precision=auto -> bf16 (CPU with {what}: {unit}; d_model {d_model} >= {BF16_MIN_D_MODEL})"
+        return "fp32", (f"precision=auto -> fp32 ({what} ({unit}), but d_model {d_model} < {BF16_MIN_D_MODEL}: "
+                        "bf16 autocast trains slower than fp32 at that width)")
     return "fp32", f"precision=auto -> fp32 ({device.type})"
 
 
 def resolve_precision(name: str, device: torch.device, d_model: int) -> str:
-    """`auto` is bf16 autocast on CUDA and on CPUs with AMX for models from AMX_BF16_MIN_D_MODEL wide,
+    """`auto` is bf16 autocast on CUDA and on CPUs with AMX or AVX512-BF16 for models from BF16_MIN_D_MODEL wide,
     fp32 elsewhere (precision_choice says why)."""
     return precision_choice(name, device, d_model)[0]
 
