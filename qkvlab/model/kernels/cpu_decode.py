@@ -49,6 +49,14 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
+def _cache_kind(s: torch.Tensor, q: torch.Tensor) -> int:
+    """0: fp32 cache; 1: bf16 cache; 2: bf16 cache and bf16 queries, which the kernel may pack to bf16 exactly
+    and score with the CPU's bf16 dot products (AVX512-BF16), where fp32 queries keep fp32 arithmetic."""
+    if s.dtype != torch.bfloat16:
+        return 0
+    return 2 if q.dtype == torch.bfloat16 else 1
+
+
 def decode_shared_kv(
     q: torch.Tensor,
     s: torch.Tensor,
@@ -94,7 +102,7 @@ def decode_shared_kv(
     gain = None if key_gain is None else key_gain.float().contiguous()
     eps = -1.0 if key_norm_eps is None else float(key_norm_eps)
     status = lib.qkvlab_shared_kv_decode(
-        s.data_ptr(), _ptr(values), int(s.dtype == torch.bfloat16), s.stride(0), s.stride(1), s.stride(2),
+        s.data_ptr(), _ptr(values), _cache_kind(s, q), s.stride(0), s.stride(1), s.stride(2),
         q32.data_ptr(), out.data_ptr(), B, H, KV, L, D, cos_p, sin_p, tables_bf16, row, _ptr(gain),
         eps, float(scale), splits, threads, work.data_ptr(),
     )

@@ -8,6 +8,7 @@
  * 32 query heads per KV head) return 1 and the caller keeps PyTorch. Built and loaded by
  * cpu_decode.py, which says why this is C. */
 #include <math.h>
+#include <stdlib.h>
 
 #include "vec.h"
 
@@ -59,6 +60,46 @@ typedef struct {
     float norm_eps, scale;
 } Args;
 
+/* Each block row's cos and sin, one vector per eight rotary pairs, read once per block for every head. */
+static inline __attribute__((always_inline)) void block_tables(const Args *a, int j0, int n, const int NF, v8 *restrict tc, v8 *restrict ts) {
+    for (int r = 0; r < n; r++) {
+        const long row = (long)(j0 + r) * a->table_stride;
+        for (int i = 0; i < NF; i++) {
+            if (a->tables_bf16) {
+                tc[r * NF + i] = load_bf16((const uint16_t *)a->cos_t + row + i * W);
+                ts[r * NF + i] = load_bf16((const uint16_t *)a->sin_t + row + i * W);
+            } else {
+                tc[r * NF + i] = load((const float *)a->cos_t + row + i * W);
+                ts[r * NF + i] = load((const float *)a->sin_t + row + i * W);
+            }
+        }
+    }
+}
+
+/* The online softmax over one block's scores (sc, n of BLOCK valid): the running max m and sum l move on,
+ * the head's accumulator av is rescaled, and p gets the block's weights. */
+static inline __attribute__((always_inline)) void block_softmax(float *restrict sc, int n, const int NV, float *restrict m,
+                                                               float *restrict l, v8 *restrict av, float *restrict p) {
+    for (int r = n; r < BLOCK; r++) sc[r] = -INFINITY;
+    v8 vm = load(sc);
+    for (int r0 = W; r0 < BLOCK; r0 += W) vm = vmax(load(sc + r0), vm);
+    float bm = *m;
+    for (int i = 0; i < W; i++) bm = vm[i] > bm ? vm[i] : bm;
+    if (bm > *m) {
+        const float c = *m == -INFINITY ? 0.0f : expf(*m - bm);
+        *l *= c;
+        for (int i = 0; i < NV; i++) av[i] *= c;
+        *m = bm;
+    }
+    v8 sum = splat(0.0f);
+    for (int r0 = 0; r0 < BLOCK; r0 += W) {
+        const v8 e = vexp(load(sc + r0) - bm);
+        store(p + r0, e);
+        sum += e;
+    }
+    *l += hsum(sum);
+}
+
 /* Rows [lo, hi) of sequence b, every head: online softmax; partial max, sum and accumulator per
  * query head out. Inlined into one copy per head size so the vector loops unroll. */
 static inline __attribute__((always_inline)) void span(const Args *a, int b, int lo, int hi, const int D,
@@ -79,20 +120,7 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
     }
     for (int j0 = lo; j0 < hi; j0 += BLOCK) {
         const int n = hi - j0 < BLOCK ? hi - j0 : BLOCK;
-        if (rope) {
-            for (int r = 0; r < n; r++) {
-                const long row = (long)(j0 + r) * a->table_stride;
-                for (int i = 0; i < NF; i++) {
-                    if (a->tables_bf16) {
-                        tc[r * NF + i] = load_bf16((const uint16_t *)a->cos_t + row + i * W);
-                        ts[r * NF + i] = load_bf16((const uint16_t *)a->sin_t + row + i * W);
-                    } else {
-                        tc[r * NF + i] = load((const float *)a->cos_t + row + i * W);
-                        ts[r * NF + i] = load((const float *)a->sin_t + row + i * W);
-                    }
-                }
-            }
-        }
+        if (rope) block_tables(a, j0, n, NF, tc, ts);
         for (int kv = 0; kv < KV; kv++) {
             const long base = b * a->sb + kv * a->skv;
             const float *vrow[BLOCK]; /* each row's values: the cache itself (fp32) or its converted copy (bf16) */
@@ -145,30 +173,10 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
             }
             for (int g = 0; g < G; g++) {
                 const int h = kv * G + g;
-                for (int r = n; r < BLOCK; r++) sc[g][r] = -INFINITY;
-                v8 vm = load(sc[g]);
-                for (int r0 = W; r0 < BLOCK; r0 += W) {
-                    const v8 x = load(sc[g] + r0);
-                    vm = vmax(x, vm);
-                }
-                float bm = m[h];
-                for (int i = 0; i < W; i++) bm = vm[i] > bm ? vm[i] : bm;
                 float *ah = acc + (long)h * D;
                 v8 av[VMAX];
                 for (int i = 0; i < NV; i++) av[i] = load(ah + i * W);
-                if (bm > m[h]) {
-                    const float c = m[h] == -INFINITY ? 0.0f : expf(m[h] - bm);
-                    l[h] *= c;
-                    for (int i = 0; i < NV; i++) av[i] *= c;
-                    m[h] = bm;
-                }
-                v8 sum = splat(0.0f);
-                for (int r0 = 0; r0 < BLOCK; r0 += W) {
-                    const v8 e = vexp(load(sc[g] + r0) - bm);
-                    store(p + r0, e);
-                    sum += e;
-                }
-                l[h] += hsum(sum);
+                block_softmax(sc[g], n, NV, m + h, l + h, av, p);
                 /* Two accumulators per vector, even and odd rows, so the adds do not wait on each other. */
                 v8 bv[VMAX];
                 for (int i = 0; i < NV; i++) bv[i] = splat(0.0f);
@@ -185,6 +193,131 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
         }
     }
 }
+
+#if defined(__AVX512BF16__) && defined(__AVX512VL__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define QKVLAB_BF16_DOT 1
+/* A bf16 cache with bf16 queries, on CPUs with AVX512-BF16 (vdpbf16ps: pairs of bf16 products summed
+ * into fp32 lanes, each product exact). Without RoPE the score is q·k over the raw row. With RoPE,
+ * q·RoPE(s) = Σ cos·(q_a s_a + q_b s_b) + sin·(q_b s_a − q_a s_b) over rotary pairs (a, b): both
+ * parentheses are vdpbf16ps lanes over the pair gathered side by side from the row, so keys are never
+ * widened or rotated. Values are widened 32 bits at a time (even feature: lane << 16, odd: lane &
+ * 0xffff0000), so p stays fp32 and the accumulator runs in even/odd order until the span ends. q is
+ * packed to bf16, exact for the bf16 queries the caller promises (bf16 = 2). No key map. */
+static inline __attribute__((always_inline)) void span_dot(const Args *a, int b, int lo, int hi, const int D, const int rope,
+                                                          float *restrict m, float *restrict l, float *restrict acc) {
+    const int H = a->H, KV = a->KV, G = H / KV, NV = D / W, NC = D / 16, HALF = D / 2;
+    const float scale = a->scale;
+    const uint16_t *S = (const uint16_t *)a->s, *V = a->v ? (const uint16_t *)a->v : S;
+    v8 tc[BLOCK * VMAX / 2], ts[BLOCK * VMAX / 2];
+    float sc[GMAX][BLOCK], p[BLOCK];
+    const __m256i pairs = _mm256_setr_epi16(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m256i odd = _mm256_set1_epi32((int)0xffff0000u);
+    /* q of every head packed once per span (chunk c: raw features 16c.., or with RoPE pairs 8c..) */
+    __m256bh(*qa)[VMAX / 2] = aligned_alloc(32, (size_t)H * sizeof *qa);
+    __m256bh(*qb)[VMAX / 2] = aligned_alloc(32, (size_t)H * sizeof *qb);
+    if (!qa || !qb) abort();
+    for (int h = 0; h < H; h++) {
+        const float *qh = a->q + ((long)b * H + h) * D;
+        for (int c = 0; c < NC; c++) {
+            uint16_t ta[16], tb[16];
+            for (int j = 0; j < 8; j++) {
+                const float x = rope ? qh[c * 8 + j] : qh[c * 16 + 2 * j], y = rope ? qh[HALF + c * 8 + j] : qh[c * 16 + 2 * j + 1];
+                ta[2 * j] = float_to_bf16(x), ta[2 * j + 1] = float_to_bf16(y);
+                tb[2 * j] = float_to_bf16(y), tb[2 * j + 1] = float_to_bf16(-x);
+            }
+            memcpy(&qa[h][c], ta, sizeof ta);
+            memcpy(&qb[h][c], tb, sizeof tb);
+        }
+        m[h] = -INFINITY;
+        l[h] = 0.0f;
+        memset(acc + (long)h * D, 0, sizeof(float) * D);
+    }
+    for (int j0 = lo; j0 < hi; j0 += BLOCK) {
+        const int n = hi - j0 < BLOCK ? hi - j0 : BLOCK;
+        if (rope) block_tables(a, j0, n, NC, tc, ts);
+        for (int kv = 0; kv < KV; kv++) {
+            const long base = b * a->sb + kv * a->skv;
+            const __m256bh(*qak)[VMAX / 2] = qa + kv * G, (*qbk)[VMAX / 2] = qb + kv * G;
+            for (int r = 0; r < n; r++) {
+                const long off = base + (long)(j0 + r) * a->sl;
+                if (j0 + BLOCK + r < hi) {
+                    const long ahead = (off + (long)BLOCK * a->sl) * 2;
+                    for (int o = 0; o < D * 2; o += 64) {
+                        __builtin_prefetch((const char *)a->s + ahead + o, 0, 2);
+                        if (a->v) __builtin_prefetch((const char *)a->v + ahead + o, 0, 2);
+                    }
+                }
+                __m256bh x[VMAX / 2];
+                for (int c = 0; c < NC; c++) {
+                    if (rope) {
+                        const __m256i u = _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(S + off + c * 8)));
+                        const __m256i w = _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(S + off + HALF + c * 8)));
+                        x[c] = (__m256bh)_mm256_permutex2var_epi16(u, pairs, w);
+                    } else {
+                        x[c] = (__m256bh)_mm256_loadu_si256((const __m256i *)(S + off + c * 16));
+                    }
+                }
+                for (int g = 0; g < G; g++) {
+                    v8 d = splat(0.0f);
+                    for (int c = 0; c < NC; c++) {
+                        if (rope) {
+                            const v8 A = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qak[g][c], x[c]);
+                            const v8 B = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qbk[g][c], x[c]);
+                            d += A * tc[r * NC + c] + B * ts[r * NC + c];
+                        } else {
+                            d = (v8)_mm256_dpbf16_ps((__m256)d, qak[g][c], x[c]);
+                        }
+                    }
+                    sc[g][r] = hsum(d) * scale;
+                }
+            }
+            for (int g = 0; g < G; g++) {
+                const int h = kv * G + g;
+                float *ah = acc + (long)h * D;
+                v8 av[VMAX], bv[VMAX];
+                for (int i = 0; i < NV; i++) av[i] = load(ah + i * W), bv[i] = splat(0.0f);
+                block_softmax(sc[g], n, NV, m + h, l + h, av, p);
+                for (int r = 0; r < n; r += 2) { /* even and odd rows into two accumulators, so the adds do not wait on each other */
+                    const uint16_t *x0 = V + base + (long)(j0 + r) * a->sl, *x1 = x0 + a->sl;
+                    const float p1 = r + 1 < n ? p[r + 1] : 0.0f;
+                    for (int c = 0; c < NC; c++) {
+                        const __m256i u = _mm256_loadu_si256((const __m256i *)(x0 + c * 16));
+                        av[2 * c] += p[r] * (v8)_mm256_slli_epi32(u, 16);
+                        av[2 * c + 1] += p[r] * (v8)_mm256_and_si256(u, odd);
+                        if (r + 1 < n) {
+                            const __m256i w = _mm256_loadu_si256((const __m256i *)(x1 + c * 16));
+                            bv[2 * c] += p1 * (v8)_mm256_slli_epi32(w, 16);
+                            bv[2 * c + 1] += p1 * (v8)_mm256_and_si256(w, odd);
+                        }
+                    }
+                }
+                for (int i = 0; i < NV; i++) store(ah + i * W, av[i] + bv[i]);
+            }
+        }
+    }
+    free(qa);
+    free(qb);
+    for (int h = 0; h < H; h++) { /* even/odd order back to feature order */
+        float *ah = acc + (long)h * D, t[VMAX * W];
+        memcpy(t, ah, sizeof(float) * D);
+        for (int c = 0; c < NC; c++)
+            for (int j = 0; j < 8; j++) ah[c * 16 + 2 * j] = t[c * 16 + j], ah[c * 16 + 2 * j + 1] = t[c * 16 + 8 + j];
+    }
+}
+#define DOT(NAME, DV)                                                                                 \
+    static void dot_##NAME##_0(const Args *a, int b, int lo, int hi, float *m, float *l, float *acc) { \
+        span_dot(a, b, lo, hi, DV, 0, m, l, acc);                                                     \
+    }                                                                                                 \
+    static void dot_##NAME##_1(const Args *a, int b, int lo, int hi, float *m, float *l, float *acc) { \
+        span_dot(a, b, lo, hi, DV, 1, m, l, acc);                                                     \
+    }
+DOT(32, 32)
+DOT(48, 48)
+DOT(64, 64)
+DOT(128, 128)
+DOT(any, a->D)
+#endif
 
 /* One copy per head size (D = 0: any) and per (RoPE, key map, bf16), so no flag is tested per row. */
 #define SPAN(NAME, DV, R, K, B)                                                                      \
@@ -210,7 +343,8 @@ static const span_fn SPAN_TABLE[5][8] = {TABLE(32), TABLE(48), TABLE(64), TABLE(
  * rotate-half layout (pair f is features f and f + D/2). Tables: (L, D/2) fp32, or bf16 with tables_bf16 (a
  * model cast to bf16 keeps its tables so), element (j, f) at j*table_stride + f, or NULL for no RoPE. gain: (D,) or NULL; norm_eps < 0: no RMSNorm on keys.
  * v: NULL (values are S) or a separate value cache of s's dtype and strides (mha and GQA: keys are then the cached,
- * already rotated K, with no tables, gain or norm). work: B*splits*H*(D+2) floats. */
+ * already rotated K, with no tables, gain or norm). bf16: 0 fp32 cache, 1 bf16 cache, 2 bf16 cache and bf16-exact q
+ * (the bf16 dot-product path where the CPU has one). work: B*splits*H*(D+2) floats. */
 int qkvlab_shared_kv_decode(const void *s, const void *v, int bf16, long sb, long skv, long sl, const float *q, float *out,
                             int B, int H, int KV, int L, int D, const void *cos_t, const void *sin_t,
                             int tables_bf16, long table_stride, const float *gain, float norm_eps, float scale,
@@ -220,7 +354,12 @@ int qkvlab_shared_kv_decode(const void *s, const void *v, int bf16, long sb, lon
     int size = 4;
     for (int i = 0; i < 4; i++)
         if (SIZES[i] == D) size = i;
-    const span_fn fn = SPAN_TABLE[size][(cos_t != 0) * 4 + (gain != 0 || norm_eps >= 0.0f) * 2 + (bf16 != 0)];
+    span_fn fn = SPAN_TABLE[size][(cos_t != 0) * 4 + (gain != 0 || norm_eps >= 0.0f) * 2 + (bf16 != 0)];
+#ifdef QKVLAB_BF16_DOT
+    static const span_fn DOT_TABLE[5][2] = {{dot_32_0, dot_32_1}, {dot_48_0, dot_48_1}, {dot_64_0, dot_64_1},
+                                            {dot_128_0, dot_128_1}, {dot_any_0, dot_any_1}};
+    if (bf16 == 2 && !gain && norm_eps < 0.0f) fn = DOT_TABLE[size][cos_t != 0];
+#endif
     const int units = B * splits;
     const int chunk = (L + splits - 1) / splits;
     float *wm = work, *wl = work + (long)units * H, *wacc = work + 2L * units * H;

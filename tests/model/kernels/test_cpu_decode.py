@@ -69,6 +69,25 @@ def test_bf16_tables_are_read_as_they_are():
     torch.testing.assert_close(got.double(), reference(q, s, cos.float(), sin.float(), 0.2, None, None), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (8, 1)])
+@pytest.mark.parametrize("rope", [True, False])
+@pytest.mark.parametrize("tables", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d_head,length", [(48, 129), (64, 700), (32, 70), (96, 300)])  # 96: the generic head size
+def test_bf16_queries_and_cache_give_the_reference_within_one_bf16_rounding(heads, kv_heads, rope, tables, d_head, length):
+    """A model cast to bf16 decodes with bf16 queries, which the kernel may pack to bf16 exactly: on a CPU
+    with AVX512-BF16 it then scores with bf16 dot products, RoPE applied to the products, and widens the
+    values in fp32. The bf16 result is the float64 reference's within one bf16 rounding."""
+    torch.manual_seed(0)
+    s = torch.randn(2, kv_heads, length + 3, d_head).bfloat16()[:, :, :length]
+    q = torch.randn(2, heads, d_head).bfloat16()
+    angles = torch.rand(length, d_head // 2) * 6.0
+    cos, sin = (angles.cos().to(tables), angles.sin().to(tables)) if rope else (None, None)
+    got = cpu_decode.decode_shared_kv(q, s, cos, sin, scale=0.3)
+    assert got.dtype == torch.bfloat16
+    want = reference(q.float(), s, None if cos is None else cos.float(), None if sin is None else sin.float(), 0.3, None, None)
+    torch.testing.assert_close(got.double(), want, rtol=4e-3, atol=1e-5)
+
+
 def test_long_cache_with_large_scores_is_stable():
     """Scores spread far apart (the online softmax's rescaling) and a cache split across work units."""
     torch.manual_seed(0)
@@ -79,17 +98,19 @@ def test_long_cache_with_large_scores_is_stable():
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (8, 1)])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("d_head,length", [(48, 129), (64, 700)])
-def test_separate_values_give_sdpa_over_k_and_v(heads, kv_heads, dtype, d_head, length):
-    """`mha`'s two cached tensors: keys as cached (already rotated), values read from V, not from K."""
+@pytest.mark.parametrize("dtype,q_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16)])
+@pytest.mark.parametrize("d_head,length", [(48, 129), (64, 700), (96, 70)])
+def test_separate_values_give_sdpa_over_k_and_v(heads, kv_heads, dtype, q_dtype, d_head, length):
+    """`mha`'s two cached tensors: keys as cached (already rotated), values read from V, not from K; with bf16
+    queries (the bf16 dot-product path, where the CPU has one) within one bf16 rounding of the result."""
     torch.manual_seed(0)
     k = torch.randn(2, kv_heads, length + 3, d_head).to(dtype)[:, :, :length]
     v = torch.randn(2, kv_heads, length + 3, d_head).to(dtype)[:, :, :length]
-    q = torch.randn(2, heads, d_head)
+    q = torch.randn(2, heads, d_head).to(q_dtype)
     got = cpu_decode.decode_shared_kv(q, k, None, None, scale=0.25, values=v)
     want = F.scaled_dot_product_attention(q.double()[:, :, None], k.double(), v.double(), scale=0.25, enable_gqa=heads != kv_heads)[:, :, 0]
-    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+    tol = 4e-3 if q_dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=1e-5)
 
 
 def test_separate_values_refuse_a_key_map_or_another_shape():
