@@ -4,7 +4,8 @@
  * span of positions of one sequence, all KV heads at once, so each rotary-table row is read once per
  * block and serves every head. Features are in rotate-half layout. Given a separate value tensor it
  * decodes `mha`'s and GQA's K and V the same way (keys as cached), the like-for-like baseline. Written
- * with GCC/Clang vector extensions (vec.h), so it compiles to AVX2, AVX-512 or NEON alike. Shapes it does not take (head size not a multiple of 16, more than
+ * with GCC/Clang vector extensions (vec.h), so it compiles to AVX2, AVX-512 or NEON alike; where the CPU has
+ * AVX512-BF16, a bf16 cache with bf16 queries is scored with its dot products (span_dot). Shapes it does not take (head size not a multiple of 16, more than
  * 32 query heads per KV head) return 1 and the caller keeps PyTorch. Built and loaded by
  * cpu_decode.py, which says why this is C. */
 #include <math.h>
