@@ -59,7 +59,17 @@ typedef struct {
     long table_stride;
     const float *gain;
     float norm_eps, scale;
+    const void *qpack; /* the bf16 dot-product path's queries, packed once per call (pack_queries) */
 } Args;
+
+/* Every head's running max, sum and accumulator, before a span's first block. */
+static inline void reset_heads(int H, int D, float *restrict m, float *restrict l, float *restrict acc) {
+    for (int h = 0; h < H; h++) {
+        m[h] = -INFINITY;
+        l[h] = 0.0f;
+        memset(acc + (long)h * D, 0, sizeof(float) * D);
+    }
+}
 
 /* Each block row's cos and sin, one vector per eight rotary pairs, read once per block for every head. */
 static inline __attribute__((always_inline)) void block_tables(const Args *a, int j0, int n, const int NF, v8 *restrict tc, v8 *restrict ts) {
@@ -114,11 +124,7 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
     v8 gain[VMAX], qk[GMAX][VMAX];
     float sc[GMAX][BLOCK], p[BLOCK];
     for (int i = 0; i < NV; i++) gain[i] = a->gain ? load(a->gain + i * W) : splat(1.0f);
-    for (int h = 0; h < H; h++) {
-        m[h] = -INFINITY;
-        l[h] = 0.0f;
-        memset(acc + (long)h * D, 0, sizeof(float) * D);
-    }
+    reset_heads(H, D, m, l, acc);
     for (int j0 = lo; j0 < hi; j0 += BLOCK) {
         const int n = hi - j0 < BLOCK ? hi - j0 : BLOCK;
         if (rope) block_tables(a, j0, n, NF, tc, ts);
@@ -204,7 +210,7 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
  * parentheses are vdpbf16ps lanes over the pair gathered side by side from the row, so keys are never
  * widened or rotated. Values are widened 32 bits at a time (even feature: lane << 16, odd: lane &
  * 0xffff0000), so p stays fp32 and the accumulator runs in even/odd order until the span ends. q is
- * packed to bf16, exact for the bf16 queries the caller promises (bf16 = 2). No key map. */
+ * packed to bf16 once per call (pack_queries), exact for the bf16 queries the caller promises (bf16 = 2). No key map. */
 static inline __attribute__((always_inline)) void span_dot(const Args *a, int b, int lo, int hi, const int D, const int rope,
                                                           float *restrict m, float *restrict l, float *restrict acc) {
     const int H = a->H, KV = a->KV, G = H / KV, NV = D / W, NC = D / 16, HALF = D / 2;
@@ -214,32 +220,14 @@ static inline __attribute__((always_inline)) void span_dot(const Args *a, int b,
     float sc[GMAX][BLOCK], p[BLOCK];
     const __m256i pairs = _mm256_setr_epi16(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m256i odd = _mm256_set1_epi32((int)0xffff0000u);
-    /* q of every head packed once per span (chunk c: raw features 16c.., or with RoPE pairs 8c..) */
-    __m256bh(*qa)[VMAX / 2] = aligned_alloc(32, (size_t)H * sizeof *qa);
-    __m256bh(*qb)[VMAX / 2] = aligned_alloc(32, (size_t)H * sizeof *qb);
-    if (!qa || !qb) abort();
-    for (int h = 0; h < H; h++) {
-        const float *qh = a->q + ((long)b * H + h) * D;
-        for (int c = 0; c < NC; c++) {
-            uint16_t ta[16], tb[16];
-            for (int j = 0; j < 8; j++) {
-                const float x = rope ? qh[c * 8 + j] : qh[c * 16 + 2 * j], y = rope ? qh[HALF + c * 8 + j] : qh[c * 16 + 2 * j + 1];
-                ta[2 * j] = float_to_bf16(x), ta[2 * j + 1] = float_to_bf16(y);
-                tb[2 * j] = float_to_bf16(y), tb[2 * j + 1] = float_to_bf16(-x);
-            }
-            memcpy(&qa[h][c], ta, sizeof ta);
-            memcpy(&qb[h][c], tb, sizeof tb);
-        }
-        m[h] = -INFINITY;
-        l[h] = 0.0f;
-        memset(acc + (long)h * D, 0, sizeof(float) * D);
-    }
+    /* head h's chunk c: qa at [2h NC + c], qb at [(2h + 1) NC + c] (pack_queries) */
+    const __m256bh *qp = (const __m256bh *)a->qpack + (long)b * H * 2 * NC;
+    reset_heads(H, D, m, l, acc);
     for (int j0 = lo; j0 < hi; j0 += BLOCK) {
         const int n = hi - j0 < BLOCK ? hi - j0 : BLOCK;
         if (rope) block_tables(a, j0, n, NC, tc, ts);
         for (int kv = 0; kv < KV; kv++) {
             const long base = b * a->sb + kv * a->skv;
-            const __m256bh(*qak)[VMAX / 2] = qa + kv * G, (*qbk)[VMAX / 2] = qb + kv * G;
             for (int r = 0; r < n; r++) {
                 const long off = base + (long)(j0 + r) * a->sl;
                 if (j0 + BLOCK + r < hi) {
@@ -260,14 +248,15 @@ static inline __attribute__((always_inline)) void span_dot(const Args *a, int b,
                     }
                 }
                 for (int g = 0; g < G; g++) {
+                    const __m256bh *qa = qp + (long)(kv * G + g) * 2 * NC, *qb = qa + NC;
                     v8 d = splat(0.0f);
                     for (int c = 0; c < NC; c++) {
                         if (rope) {
-                            const v8 A = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qak[g][c], x[c]);
-                            const v8 B = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qbk[g][c], x[c]);
+                            const v8 A = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qa[c], x[c]);
+                            const v8 B = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qb[c], x[c]);
                             d += A * tc[r * NC + c] + B * ts[r * NC + c];
                         } else {
-                            d = (v8)_mm256_dpbf16_ps((__m256)d, qak[g][c], x[c]);
+                            d = (v8)_mm256_dpbf16_ps((__m256)d, qa[c], x[c]);
                         }
                     }
                     sc[g][r] = hsum(d) * scale;
@@ -297,14 +286,34 @@ static inline __attribute__((always_inline)) void span_dot(const Args *a, int b,
             }
         }
     }
-    free(qa);
-    free(qb);
     for (int h = 0; h < H; h++) { /* even/odd order back to feature order */
         float *ah = acc + (long)h * D, t[VMAX * W];
         memcpy(t, ah, sizeof(float) * D);
         for (int c = 0; c < NC; c++)
             for (int j = 0; j < 8; j++) ah[c * 16 + 2 * j] = t[c * 16 + j], ah[c * 16 + 2 * j + 1] = t[c * 16 + 8 + j];
     }
+}
+/* Every sequence's and head's q as bf16 pairs, once per call for all spans: chunk c holds raw features
+ * 16c.. (keys as cached), or with RoPE the pairs (q_a, q_b) of rotary pairs 8c.. and, after the NC
+ * chunks, (q_b, -q_a). NULL where memory is short, and the caller keeps the fp32-arithmetic path. */
+static __m256bh *pack_queries(const float *q, int B, int H, int D, int rope) {
+    const int NC = D / 16, HALF = D / 2;
+    __m256bh *out = aligned_alloc(32, (size_t)B * H * 2 * NC * sizeof *out);
+    if (!out) return NULL;
+    for (long bh = 0; bh < (long)B * H; bh++) {
+        const float *qh = q + bh * D;
+        for (int c = 0; c < NC; c++) {
+            uint16_t ta[16], tb[16];
+            for (int j = 0; j < 8; j++) {
+                const float x = rope ? qh[c * 8 + j] : qh[c * 16 + 2 * j], y = rope ? qh[HALF + c * 8 + j] : qh[c * 16 + 2 * j + 1];
+                ta[2 * j] = float_to_bf16(x), ta[2 * j + 1] = float_to_bf16(y);
+                tb[2 * j] = float_to_bf16(y), tb[2 * j + 1] = float_to_bf16(-x);
+            }
+            memcpy(out + bh * 2 * NC + c, ta, sizeof ta);
+            memcpy(out + bh * 2 * NC + NC + c, tb, sizeof tb);
+        }
+    }
+    return out;
 }
 #define DOT(NAME, DV)                                                                                 \
     static void dot_##NAME##_0(const Args *a, int b, int lo, int hi, float *m, float *l, float *acc) { \
@@ -351,7 +360,7 @@ int qkvlab_shared_kv_decode(const void *s, const void *v, int bf16, long sb, lon
                             int tables_bf16, long table_stride, const float *gain, float norm_eps, float scale,
                             int splits, int threads, float *work) {
     if (D % (2 * W) || D > VMAX * W || H % KV || H / KV > GMAX) return 1;
-    const Args a = {s, v, bf16, sb, skv, sl, q, H, KV, L, D, cos_t, sin_t, tables_bf16, table_stride, gain, norm_eps, scale};
+    Args a = {s, v, bf16, sb, skv, sl, q, H, KV, L, D, cos_t, sin_t, tables_bf16, table_stride, gain, norm_eps, scale, NULL};
     int size = 4;
     for (int i = 0; i < 4; i++)
         if (SIZES[i] == D) size = i;
@@ -359,7 +368,11 @@ int qkvlab_shared_kv_decode(const void *s, const void *v, int bf16, long sb, lon
 #ifdef QKVLAB_BF16_DOT
     static const span_fn DOT_TABLE[5][2] = {{dot_32_0, dot_32_1}, {dot_48_0, dot_48_1}, {dot_64_0, dot_64_1},
                                             {dot_128_0, dot_128_1}, {dot_any_0, dot_any_1}};
-    if (bf16 == 2 && !gain && norm_eps < 0.0f) fn = DOT_TABLE[size][cos_t != 0];
+    __m256bh *packed = NULL;
+    if (bf16 == 2 && !gain && norm_eps < 0.0f && (packed = pack_queries(q, B, H, D, cos_t != 0))) {
+        a.qpack = packed;
+        fn = DOT_TABLE[size][cos_t != 0];
+    }
 #endif
     const int units = B * splits;
     const int chunk = (L + splits - 1) / splits;
@@ -370,6 +383,9 @@ int qkvlab_shared_kv_decode(const void *s, const void *v, int bf16, long sb, lon
         const int lo = sp * chunk, hi = lo + chunk < L ? lo + chunk : L;
         fn(&a, b, lo, hi > lo ? hi : lo, wm + (long)u * H, wl + (long)u * H, wacc + (long)u * H * D);
     }
+#ifdef QKVLAB_BF16_DOT
+    free(packed);
+#endif
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < H; h++) {
             float mx = -INFINITY;
