@@ -4,7 +4,10 @@ Decoding reads every weight once per token, so these products are most of a smal
 time, and both BLAS libraries bundled with PyTorch run them well below the memory's speed: on a
 2-core AMD EPYC (AVX2), `model=small`'s products read fp32 weights at 11 GB/s through MKL and 13
 through oneDNN, where a plain threaded loop over four weight rows at a time reads 21, and bf16
-weights at 10 GB/s through F.linear. Whether this path wins on a machine is measured, not assumed
+weights at 10 GB/s through F.linear. The loop also prefetches the weight rows it will read next: rows
+are too short for the hardware prefetchers, and on a Zen 4 EPYC this took bf16 weights read from
+memory from 11-17 GB/s to 25-32 (two threads), and `scripts/bench_linear.py`'s one-row `model=small`
+set from 12.6 to 21.8 GB/s. Whether this path wins on a machine is measured, not assumed
 (qkvlab/model/inference_linear.py). Source: few_rows_linear.c, built by cpu_build.py.
 """
 

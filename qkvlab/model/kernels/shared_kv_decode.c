@@ -204,6 +204,47 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
 #if defined(__AVX512BF16__) && defined(__AVX512VL__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define QKVLAB_BF16_DOT 1
+/* Lane i: the sum of d[i]'s lanes, for eight rows' scores at once (one sum per row cost a third of a
+ * row's instructions). */
+static inline v8 sum8(const v8 *d) {
+    const __m256 t0 = _mm256_hadd_ps((__m256)d[0], (__m256)d[1]), t1 = _mm256_hadd_ps((__m256)d[2], (__m256)d[3]);
+    const __m256 t2 = _mm256_hadd_ps((__m256)d[4], (__m256)d[5]), t3 = _mm256_hadd_ps((__m256)d[6], (__m256)d[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return (v8)_mm256_permute2f128_ps(u0, u1, 0x20) + (v8)_mm256_permute2f128_ps(u0, u1, 0x31);
+}
+/* Rotary pairs 8c..8c+7 of a rotate-half row side by side: (s_a, s_b) in each 32-bit lane. */
+static inline __m256bh rotary_pairs(const uint16_t *row, int c, int half, __m256i pairs) {
+    const __m256i u = _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(row + c * 8)));
+    const __m256i w = _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(row + half + c * 8)));
+    return (__m256bh)_mm256_permutex2var_epi16(u, pairs, w);
+}
+/* The scores of a KV head's only query head (no GQA) over a block's n rows, eight at a time, so their
+ * lane sums share one reduction (sum8); with G > 1 each row's gathered pairs serve every query head. */
+static inline __attribute__((always_inline)) void block_scores(const Args *a, const uint16_t *S, int j0, int n, const int NC, const int HALF,
+                                                              const int rope, const __m256bh *qa, const v8 *tc, const v8 *ts,
+                                                              __m256i pairs, float *sc) {
+    const __m256bh *qb = qa + NC;
+    for (int r0 = 0; r0 < n; r0 += W) {
+        v8 d[W];
+        for (int i = 0; i < W; i++) {
+            const int r = r0 + i < n ? r0 + i : n - 1; /* past n: any row, block_softmax drops it */
+            const uint16_t *row = S + (long)(j0 + r) * a->sl;
+            v8 e = splat(0.0f);
+            for (int c = 0; c < NC; c++) {
+                if (rope) {
+                    const __m256bh x = rotary_pairs(row, c, HALF, pairs);
+                    const v8 A = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qa[c], x);
+                    const v8 B = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qb[c], x);
+                    e += A * tc[r * NC + c] + B * ts[r * NC + c];
+                } else {
+                    e = (v8)_mm256_dpbf16_ps((__m256)e, qa[c], (__m256bh)_mm256_loadu_si256((const __m256i *)(row + c * 16)));
+                }
+            }
+            d[i] = e;
+        }
+        store(sc + r0, sum8(d) * a->scale);
+    }
+}
 /* A bf16 cache with bf16 queries, on CPUs with AVX512-BF16 (vdpbf16ps: pairs of bf16 products summed
  * into fp32 lanes, each product exact). Without RoPE the score is q·k over the raw row. With RoPE,
  * q·RoPE(s) = Σ cos·(q_a s_a + q_b s_b) + sin·(q_b s_a − q_a s_b) over rotary pairs (a, b): both
@@ -228,38 +269,36 @@ static inline __attribute__((always_inline)) void span_dot(const Args *a, int b,
         if (rope) block_tables(a, j0, n, NC, tc, ts);
         for (int kv = 0; kv < KV; kv++) {
             const long base = b * a->sb + kv * a->skv;
-            for (int r = 0; r < n; r++) {
-                const long off = base + (long)(j0 + r) * a->sl;
-                if (j0 + BLOCK + r < hi) {
-                    const long ahead = (off + (long)BLOCK * a->sl) * 2;
+            if (j0 + BLOCK < hi) /* this head's next block into L2 while the other heads' blocks are computed */
+                for (int r = 0; r < BLOCK && j0 + BLOCK + r < hi; r++) {
+                    const long ahead = (base + (long)(j0 + BLOCK + r) * a->sl) * 2;
                     for (int o = 0; o < D * 2; o += 64) {
                         __builtin_prefetch((const char *)a->s + ahead + o, 0, 2);
                         if (a->v) __builtin_prefetch((const char *)a->v + ahead + o, 0, 2);
                     }
                 }
-                __m256bh x[VMAX / 2];
-                for (int c = 0; c < NC; c++) {
-                    if (rope) {
-                        const __m256i u = _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(S + off + c * 8)));
-                        const __m256i w = _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(S + off + HALF + c * 8)));
-                        x[c] = (__m256bh)_mm256_permutex2var_epi16(u, pairs, w);
-                    } else {
-                        x[c] = (__m256bh)_mm256_loadu_si256((const __m256i *)(S + off + c * 16));
-                    }
-                }
-                for (int g = 0; g < G; g++) {
-                    const __m256bh *qa = qp + (long)(kv * G + g) * 2 * NC, *qb = qa + NC;
-                    v8 d = splat(0.0f);
-                    for (int c = 0; c < NC; c++) {
-                        if (rope) {
-                            const v8 A = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qa[c], x[c]);
-                            const v8 B = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qb[c], x[c]);
-                            d += A * tc[r * NC + c] + B * ts[r * NC + c];
-                        } else {
-                            d = (v8)_mm256_dpbf16_ps((__m256)d, qa[c], x[c]);
+            if (G == 1) {
+                block_scores(a, S + base, j0, n, NC, HALF, rope, qp + (long)kv * 2 * NC, tc, ts, pairs, sc[0]);
+            } else { /* a row's pairs gathered once for the group's query heads, each score summed alone */
+                for (int r = 0; r < n; r++) {
+                    const uint16_t *row = S + base + (long)(j0 + r) * a->sl;
+                    __m256bh x[VMAX / 2];
+                    for (int c = 0; c < NC; c++)
+                        x[c] = rope ? rotary_pairs(row, c, HALF, pairs) : (__m256bh)_mm256_loadu_si256((const __m256i *)(row + c * 16));
+                    for (int g = 0; g < G; g++) {
+                        const __m256bh *qa = qp + (long)(kv * G + g) * 2 * NC, *qb = qa + NC;
+                        v8 d = splat(0.0f);
+                        for (int c = 0; c < NC; c++) {
+                            if (rope) {
+                                const v8 A = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qa[c], x[c]);
+                                const v8 B = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qb[c], x[c]);
+                                d += A * tc[r * NC + c] + B * ts[r * NC + c];
+                            } else {
+                                d = (v8)_mm256_dpbf16_ps((__m256)d, qa[c], x[c]);
+                            }
                         }
+                        sc[g][r] = hsum(d) * scale;
                     }
-                    sc[g][r] = hsum(d) * scale;
                 }
             }
             for (int g = 0; g < G; g++) {
