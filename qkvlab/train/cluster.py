@@ -30,6 +30,7 @@ import os
 import shlex
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
@@ -107,6 +108,11 @@ def requeue(signum: int) -> Optional[str]:
 
 def leave_together(world: World) -> None:
     """Ranks other than 0 leave a stopped job only once rank 0 has written the checkpoint and the
-    summary and requeued it: torchrun and srun end the other tasks when one exits."""
+    summary and requeued it: torchrun and srun end the other tasks when one exits. That SIGTERM can
+    still reach a rank that is slower to exit than the first: from here on the job has agreed to stop,
+    so once every rank is past the barrier it is ignored, and the rank leaves with the stop's own code,
+    not killed halfway through its exit. (Before the barrier it still ends a rank whose peer died.)"""
     if world.distributed:
         dist.barrier()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

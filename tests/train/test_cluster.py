@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from qkvlab.train.cluster import torchrun_prefix
 
 ARGS = ["variant=k_eq_v", "train.steps=50"]
@@ -21,3 +24,19 @@ def test_without_the_launchers_command_line_the_prefix_comes_from_torchruns_envi
     want = ["torchrun", "--nnodes=4", "--nproc_per_node=8", "-m", "qkvlab", "train"]
     assert torchrun_prefix(ARGS, env, []) == want
     assert torchrun_prefix(ARGS, env, ["/usr/bin/python", "other.py", "x"]) == want
+
+
+def test_a_rank_leaving_a_stopped_job_finishes_leaving_when_the_launcher_sends_sigterm():
+    """torchrun (and srun) SIGTERM the tasks still running once one has exited. A rank past
+    leave_together has agreed to stop and the checkpoint is written: it must still leave with the
+    stop's own code (143), not die by the launcher's signal halfway through its exit."""
+    code = (
+        "import os, signal\n"
+        "from qkvlab.train.cluster import leave_together\n"
+        "from qkvlab.train.distributed import SINGLE\n"
+        "leave_together(SINGLE)\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"
+        "raise SystemExit(143)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 143, (done.returncode, done.stderr[-2000:])
