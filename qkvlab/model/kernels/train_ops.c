@@ -1,5 +1,5 @@
 /* Row-wise ops of CPU fp32 training, each one pass over memory: RMSNorm forward (also bf16, for
- * inference) and backward, and rotate-half RoPE (its backward is the same rotation with the sine negated). PyTorch runs them as
+ * inference) and backward, and rotate-half RoPE (its backward is the same rotation with the sine negated; also bf16, for inference). PyTorch runs them as
  * chains of elementwise passes (cpu_train.py says how much that cost); loaded by cpu_train.py.
  * Plain loops over contiguous rows: -O3 -march=native vectorises them. */
 #include <math.h>
@@ -78,13 +78,23 @@ static inline __attribute__((always_inline)) void rope_row(const float *restrict
     }
 }
 
+/* bf16 rows and tables (a model cast to bf16 for inference): widened to fp32, rotated, rounded once to
+ * nearest even. PyTorch's bf16 form rounds twice (after x·cos, then after the multiply-add). */
+static inline __attribute__((always_inline)) void rope_row_bf16(const uint16_t *restrict xr, uint16_t *restrict yr, const uint16_t *restrict c,
+                                                               const uint16_t *restrict s, const float sign, const int h2) {
+    float x[256], cf[256], sf[256], y[256];
+    for (int f = 0; f < 2 * h2; f++) x[f] = bf16_to_float(xr[f]), cf[f] = bf16_to_float(c[f]), sf[f] = bf16_to_float(s[f]);
+    rope_row(x, y, cf, sf, sign, h2);
+    for (int f = 0; f < 2 * h2; f++) yr[f] = float_to_bf16(y[f]);
+}
+
 /* RoPE in rotate-half form on x (B, H, T, D) with any strides but a contiguous last dimension:
  * y[f] = x[f] cos[t][f] - sign x[f+h] sin[t][f], y[f+h] = x[f+h] cos[t][f+h] + sign x[f] sin[t][f+h],
- * h = D/2, tables (T, D) with row stride ts. y has its own strides. The usual head sizes get a copy
- * with the row loop's length fixed, so it unrolls into whole vectors. */
-void qkvlab_rope(const float *restrict x, long xb, long xh, long xt, float *restrict y, long yb, long yh, long yt,
-                 const float *restrict cos_t, const float *restrict sin_t, long ts, int B, int H, int T, int D,
-                 float sign, int threads) {
+ * h = D/2, tables (T, D) with row stride ts, all fp32 or (bf16) all bf16 with D <= 256. y has its own
+ * strides. The usual head sizes get a copy with the row loop's length fixed, so it unrolls into whole vectors. */
+static inline __attribute__((always_inline)) void rope_rows(const void *restrict x, long xb, long xh, long xt, void *restrict y, long yb, long yh, long yt,
+                                                           const void *restrict cos_t, const void *restrict sin_t, long ts, int B, int H, int T, int D,
+                                                           float sign, int threads, const int bf16) {
     const int h2 = D / 2;
     /* Rows in memory order: a view of the fused projection is (B, T, H, D) in memory, and walking it
      * by head then time would touch a new page on every row. */
@@ -95,9 +105,19 @@ void qkvlab_rope(const float *restrict x, long xb, long xh, long xt, float *rest
         for (int i = 0; i < n1; i++)
             for (int j = 0; j < n2; j++) {
                 const int t = heads_inner ? i : j, hh = heads_inner ? j : i;
-                const float *xr = x + b * xb + hh * xh + t * xt;
-                float *yr = y + b * yb + hh * yh + t * yt;
-                const float *c = cos_t + t * ts, *s = sin_t + t * ts;
+                const long xo = b * xb + hh * xh + t * xt, yo = b * yb + hh * yh + t * yt, to = t * ts;
+                if (bf16) {
+                    const uint16_t *xr = (const uint16_t *)x + xo, *c = (const uint16_t *)cos_t + to, *s = (const uint16_t *)sin_t + to;
+                    uint16_t *yr = (uint16_t *)y + yo;
+                    switch (h2) {
+                    case 24: rope_row_bf16(xr, yr, c, s, sign, 24); break;
+                    case 32: rope_row_bf16(xr, yr, c, s, sign, 32); break;
+                    default: rope_row_bf16(xr, yr, c, s, sign, h2);
+                    }
+                    continue;
+                }
+                const float *xr = (const float *)x + xo, *c = (const float *)cos_t + to, *s = (const float *)sin_t + to;
+                float *yr = (float *)y + yo;
                 switch (h2) {
                 case 16: rope_row(xr, yr, c, s, sign, 16); break;
                 case 24: rope_row(xr, yr, c, s, sign, 24); break;
@@ -106,4 +126,16 @@ void qkvlab_rope(const float *restrict x, long xb, long xh, long xt, float *rest
                 default: rope_row(xr, yr, c, s, sign, h2);
                 }
             }
+}
+
+void qkvlab_rope(const float *restrict x, long xb, long xh, long xt, float *restrict y, long yb, long yh, long yt,
+                 const float *restrict cos_t, const float *restrict sin_t, long ts, int B, int H, int T, int D,
+                 float sign, int threads) {
+    rope_rows(x, xb, xh, xt, y, yb, yh, yt, cos_t, sin_t, ts, B, H, T, D, sign, threads, 0);
+}
+
+void qkvlab_rope_bf16(const uint16_t *restrict x, long xb, long xh, long xt, uint16_t *restrict y, long yb, long yh, long yt,
+                      const uint16_t *restrict cos_t, const uint16_t *restrict sin_t, long ts, int B, int H, int T, int D,
+                      float sign, int threads) {
+    rope_rows(x, xb, xh, xt, y, yb, yh, yt, cos_t, sin_t, ts, B, H, T, D, sign, threads, 1);
 }

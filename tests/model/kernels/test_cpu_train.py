@@ -47,9 +47,28 @@ def test_rope_through_autograd_matches_the_pytorch_form():
     torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("D", [48, 64, 20])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_bf16_rope_is_the_float64_rotation_rounded_once(D, sign):
+    """A model cast to bf16 decodes with bf16 queries, keys and tables: the C form widens them, rotates
+    in fp32 and rounds once, so it is the exact rotation of its inputs within one bf16 rounding, where
+    PyTorch's bf16 form rounds twice."""
+    torch.manual_seed(0)
+    B, H, T = 2, 3, 7
+    x = torch.randn(B, T, 3 * H * D)[..., H * D : 2 * H * D].view(B, T, H, D).transpose(1, 2).bfloat16()
+    cos, sin = (t.bfloat16() for t in tables(T, D))
+    assert cpu_train.rope_applies(x, cos, sin)
+    got = rotate(x, cos, sin) if sign > 0 else cpu_train.rope(x, cos, sin, sign)
+    assert got.dtype == torch.bfloat16
+    want = _rotate(x.double(), cos.double(), sin.double(), sign)
+    torch.testing.assert_close(got.double(), want, rtol=2**-8, atol=1e-6)
+    assert (got.double() - want).abs().max() < (_rotate(x, cos, sin, sign).double() - want).abs().max()
+
+
 def test_rope_leaves_other_dtypes_and_shapes_to_pytorch():
     cos, sin = (t.float() for t in tables(5, 8))
     assert not cpu_train.rope_applies(torch.randn(1, 2, 5, 8).bfloat16(), cos, sin)
+    assert not cpu_train.rope_applies(torch.randn(1, 2, 5, 512).bfloat16(), *(t.bfloat16() for t in tables(5, 512)))
     assert not cpu_train.rope_applies(torch.randn(2, 5, 8), cos, sin)
     assert not cpu_train.rope_applies(torch.randn(1, 2, 5, 16)[..., ::2], cos, sin)
 
