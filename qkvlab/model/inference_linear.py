@@ -133,6 +133,14 @@ class InferenceLinear(nn.Linear):
     else, and any input a path does not take, is nn.Linear's."""
 
     paths: Paths = Paths(TORCH, TORCH)
+    _weights_checked: tuple = ()  # (weight's identity, whether the C loop takes it): checked once per weight
+
+    def _c_takes_weights(self) -> bool:
+        w, b = self.weight, self.bias
+        key = (w.data_ptr(), w.dtype, w.device, w.stride(), None if b is None else (b.data_ptr(), b.dtype))
+        if self._weights_checked[:1] != (key,):
+            self._weights_checked = (key, cpu_linear.weight_applies(w, b))
+        return self._weights_checked[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
@@ -140,7 +148,7 @@ class InferenceLinear(nn.Linear):
         rows = x.numel() // self.in_features
         path = self.paths.rows if rows <= cpu_linear.MAX_ROWS else self.paths.prefill
         if path == C:
-            if cpu_linear.applies(x, self.weight, self.bias):
+            if cpu_linear.input_applies(x, self.in_features) and self._c_takes_weights():
                 return cpu_linear.few_rows_linear(x, self.weight, self.bias)
             path = self.paths.prefill
         if path == ONEDNN and self.weight.dtype == torch.float32 and x.dtype == torch.float32 and x.device.type == "cpu":

@@ -76,6 +76,25 @@ def test_inputs_the_c_loop_does_not_take_go_to_the_prefill_path():
         torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
 
 
+@needs_c
+def test_weights_replaced_after_a_call_are_checked_again():
+    """The C loop's check of the weights is kept per weight: a weight replaced by one it does not take
+    (rows not contiguous) or cast (bf16) is checked again, and every call still computes F.linear."""
+    torch.manual_seed(0)
+    layer = _switched(nn.Linear(32, 8), Paths(C, TORCH))
+    x = torch.randn(1, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        layer.weight = nn.Parameter(torch.randn(32, 8).t())  # a transposed view: rows not contiguous
+        assert not cpu_linear.weight_applies(layer.weight, layer.bias)
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        layer.weight = nn.Parameter(torch.randn(8, 32))
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-5)
+        layer.to(torch.bfloat16)
+        xb = x.bfloat16()
+        torch.testing.assert_close(layer(xb).float(), F.linear(xb.float(), layer.weight.float(), layer.bias.float()), rtol=8e-3, atol=8e-3)
+
+
 @pytest.mark.parametrize("paths", [pytest.param(Paths(ONEDNN, ONEDNN), marks=needs_onednn), pytest.param(Paths(C, TORCH), marks=needs_c)])
 def test_a_forward_that_needs_gradients_takes_f_linear(paths):
     torch.manual_seed(0)

@@ -38,3 +38,28 @@ def test_paper_300m_matches_the_study_shape():
 def test_small_is_about_ten_million_parameters():
     net = build_model(make_config("model=small"), 10)
     assert 8e6 < count_params(net)["params/total"] < 12e6
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_dropout_is_applied_in_training_exactly_when_it_is_set(dropout):
+    """model.dropout > 0 drops activations in training (two forwards differ) and not in eval; at 0 (the
+    default, whose Dropout calls are skipped) a training forward is the eval forward."""
+    cfg = make_config("model=tiny", f"model.dropout={dropout}")
+    torch.manual_seed(0)
+    net = build_model(cfg, 16)
+    idx = torch.randint(0, 16, (2, 12))
+    with torch.no_grad():
+        net.eval()
+        ev = net(idx)
+        net.train()
+        tr1, tr2 = net(idx), net(idx)
+    assert torch.equal(net.eval()(idx), ev)
+    if dropout:
+        assert not torch.equal(tr1, tr2) and not torch.equal(tr1, ev)
+        calls = []
+        for block in net.blocks:  # residual dropout: on the attention's and the MLP's output of every block
+            block.drop.register_forward_hook(lambda mod, args, out: calls.append(mod))
+        net.train()(idx)
+        assert len(calls) == 2 * len(net.blocks)
+    else:
+        assert torch.equal(tr1, ev) and torch.equal(tr2, ev)

@@ -41,26 +41,38 @@ def available() -> bool:
     return library() is not None
 
 
-def applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """Whether `few_rows_linear` takes these: CPU tensors, x and weight fp32 or bf16 (x's dtype is the
-    output's), the bias in the weight's dtype, rows of weight contiguous, the input size a multiple of
-    16, at most MAX_ROWS rows, and not under torch.compile (Inductor cannot trace a C call)."""
+def weight_applies(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """The half of `applies` that depends on the weights alone, which a module may check once per weight
+    (InferenceLinear): CPU, fp32 or bf16, rows contiguous, the input size a multiple of 16, the bias in
+    the weight's dtype, and the library built."""
     K = weight.shape[-1]
     return (
-        x.device.type == "cpu"
-        and weight.device.type == "cpu"
-        and x.dtype in DTYPES
+        weight.device.type == "cpu"
         and weight.dtype in DTYPES
         and weight.dim() == 2
         and weight.stride(1) == 1
         and weight.stride(0) == K
         and (bias is None or (bias.dtype == weight.dtype and bias.is_contiguous()))
-        and x.shape[-1] == K
         and K % 16 == 0
-        and 0 < x.numel() // K <= MAX_ROWS
-        and not torch.compiler.is_compiling()
         and available()
     )
+
+
+def input_applies(x: torch.Tensor, K: int) -> bool:
+    """The half that depends on the input: CPU, fp32 or bf16 (x's dtype is the output's), K features, at
+    most MAX_ROWS rows, and not under torch.compile (Inductor cannot trace a C call)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in DTYPES
+        and x.shape[-1] == K
+        and 0 < x.numel() // K <= MAX_ROWS
+        and not torch.compiler.is_compiling()
+    )
+
+
+def applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether `few_rows_linear` takes these: `weight_applies` and `input_applies`."""
+    return weight_applies(weight, bias) and input_applies(x, weight.shape[-1])
 
 
 def few_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
