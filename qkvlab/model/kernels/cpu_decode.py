@@ -36,7 +36,7 @@ def library() -> Optional[ctypes.CDLL]:
         return None
     fn = lib.qkvlab_shared_kv_decode
     p, i, L, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
-    fn.argtypes = [p, p, i, L, L, L, p, p, i, i, i, i, i, p, p, i, L, p, f, f, i, i, p]
+    fn.argtypes = [p, p, i, L, L, L, p, i, p, i, i, i, i, i, p, p, i, L, p, f, f, i, i, p]
     fn.restype = ctypes.c_int
     return lib
 
@@ -85,11 +85,14 @@ def decode_shared_kv(
             raise ValueError("shared_kv_decode: values must match s in shape and dtype, and come without RoPE or a key map")
         if values.stride() != s.stride():
             s, values = s.contiguous(), values.contiguous()
-    q32 = q.float().contiguous()
-    out = torch.empty(B, H, D, dtype=torch.float32)
+    dtype = q.dtype
+    if dtype not in (torch.float32, torch.bfloat16):
+        q = q.float()
+    q = q.contiguous()  # fp32 or bf16 as it is: the kernel widens bf16 queries and rounds its output once
+    out = torch.empty(B, H, D, dtype=q.dtype)
     threads = torch.get_num_threads()
     splits = max(1, min(-(-2 * threads // B), L // MIN_SPLIT_ROWS))
-    work = torch.empty(B * splits * H * (D + 2), dtype=torch.float32)
+    work = torch.empty(B * splits * H * (D + 2) + B * H * D, dtype=torch.float32)
     cos_p = sin_p = None
     row = tables_bf16 = 0
     if cos is not None:
@@ -103,9 +106,9 @@ def decode_shared_kv(
     eps = -1.0 if key_norm_eps is None else float(key_norm_eps)
     status = lib.qkvlab_shared_kv_decode(
         s.data_ptr(), _ptr(values), _cache_kind(s, q), s.stride(0), s.stride(1), s.stride(2),
-        q32.data_ptr(), out.data_ptr(), B, H, KV, L, D, cos_p, sin_p, tables_bf16, row, _ptr(gain),
+        q.data_ptr(), int(q.dtype == torch.bfloat16), out.data_ptr(), B, H, KV, L, D, cos_p, sin_p, tables_bf16, row, _ptr(gain),
         eps, float(scale), splits, threads, work.data_ptr(),
     )
     if status:
         raise ValueError(f"shared_kv_decode: unsupported shape (B={B}, H={H}, KV={KV}, D={D})")
-    return out.to(q.dtype)
+    return out if out.dtype == dtype else out.to(dtype)

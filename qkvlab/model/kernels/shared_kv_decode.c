@@ -388,17 +388,24 @@ SPANS(any, a->D)
 static const int SIZES[] = {32, 48, 64, 128};
 static const span_fn SPAN_TABLE[5][8] = {TABLE(32), TABLE(48), TABLE(64), TABLE(128), TABLE(any)};
 
-/* q, out: (B, H, D) float32 contiguous. s: element (b, kv, j, d) at b*sb + kv*skv + j*sl + d, features in
+/* q, out: (B, H, D) contiguous, fp32, or bf16 with q_bf16 (out in q's dtype, rounded once). s: element (b, kv, j, d) at b*sb + kv*skv + j*sl + d, features in
  * rotate-half layout (pair f is features f and f + D/2). Tables: (L, D/2) fp32, or bf16 with tables_bf16 (a
  * model cast to bf16 keeps its tables so), element (j, f) at j*table_stride + f, or NULL for no RoPE. gain: (D,) or NULL; norm_eps < 0: no RMSNorm on keys.
  * v: NULL (values are S) or a separate value cache of s's dtype and strides (mha and GQA: keys are then the cached,
  * already rotated K, with no tables, gain or norm). bf16: 0 fp32 cache, 1 bf16 cache, 2 bf16 cache and bf16-exact q
- * (the bf16 dot-product path where the CPU has one). work: B*splits*H*(D+2) floats. */
-int qkvlab_shared_kv_decode(const void *s, const void *v, int bf16, long sb, long skv, long sl, const float *q, float *out,
-                            int B, int H, int KV, int L, int D, const void *cos_t, const void *sin_t,
+ * (the bf16 dot-product path where the CPU has one). work: B*splits*H*(D+2) + B*H*D floats. */
+int qkvlab_shared_kv_decode(const void *s, const void *v, int bf16, long sb, long skv, long sl, const void *q_in, int q_bf16,
+                            void *out, int B, int H, int KV, int L, int D, const void *cos_t, const void *sin_t,
                             int tables_bf16, long table_stride, const float *gain, float norm_eps, float scale,
                             int splits, int threads, float *work) {
     if (D % (2 * W) || D > VMAX * W || H % KV || H / KV > GMAX) return 1;
+    const int units = B * splits;
+    const float *q = q_in;
+    if (q_bf16) { /* widened here, into the work buffer's last B*H*D floats: no conversion op per layer in the caller */
+        float *qf = work + (long)units * H * (D + 2);
+        for (long i = 0; i < (long)B * H * D; i++) qf[i] = bf16_to_float(((const uint16_t *)q_in)[i]);
+        q = qf;
+    }
     Args a = {s, v, bf16, sb, skv, sl, q, H, KV, L, D, cos_t, sin_t, tables_bf16, table_stride, gain, norm_eps, scale, NULL};
     int size = 4;
     for (int i = 0; i < 4; i++)
@@ -413,7 +420,6 @@ int qkvlab_shared_kv_decode(const void *s, const void *v, int bf16, long sb, lon
         fn = DOT_TABLE[size][cos_t != 0];
     }
 #endif
-    const int units = B * splits;
     const int chunk = (L + splits - 1) / splits;
     float *wm = work, *wl = work + (long)units * H, *wacc = work + 2L * units * H;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -432,8 +438,7 @@ int qkvlab_shared_kv_decode(const void *s, const void *v, int bf16, long sb, lon
                 const float v = wm[((long)b * splits + sp) * H + h];
                 mx = v > mx ? v : mx;
             }
-            float total = 0.0f;
-            float *o = out + ((long)b * H + h) * D;
+            float total = 0.0f, o[VMAX * W];
             memset(o, 0, sizeof(float) * D);
             for (int sp = 0; sp < splits; sp++) {
                 const long u = (long)b * splits + sp;
@@ -443,7 +448,11 @@ int qkvlab_shared_kv_decode(const void *s, const void *v, int bf16, long sb, lon
                 const float *ah = wacc + (u * H + h) * D;
                 for (int d = 0; d < D; d++) o[d] += c * ah[d];
             }
-            for (int d = 0; d < D; d++) o[d] /= total;
+            const long at = ((long)b * H + h) * D;
+            for (int d = 0; d < D; d++) {
+                if (q_bf16) ((uint16_t *)out)[at + d] = float_to_bf16(o[d] / total);
+                else ((float *)out)[at + d] = o[d] / total;
+            }
         }
     }
     return 0;
