@@ -111,6 +111,18 @@ static inline __attribute__((always_inline)) void block_softmax(float *restrict 
     *l += hsum(sum);
 }
 
+/* Row j of this head (S, and V when given; elements of esize bytes) into L2, one block ahead of the
+ * rows being computed, issued row by row between them: the hardware prefetchers alone left the
+ * 8192-row cache at 0.7-0.8x the read bound, and a whole block's prefetches at once (256 lines with V)
+ * ran the bf16 kernel over 8192 cached rows at 0.74-0.89x. */
+static inline void prefetch_row(const Args *a, long base, int j, const int D, const int esize) {
+    const long at = (base + (long)j * a->sl) * esize;
+    for (int o = 0; o < D * esize; o += 64) {
+        __builtin_prefetch((const char *)a->s + at + o, 0, 2);
+        if (a->v) __builtin_prefetch((const char *)a->v + at + o, 0, 2);
+    }
+}
+
 /* Rows [lo, hi) of sequence b, every head: online softmax; partial max, sum and accumulator per
  * query head out. Inlined into one copy per head size so the vector loops unroll. */
 static inline __attribute__((always_inline)) void span(const Args *a, int b, int lo, int hi, const int D,
@@ -135,15 +147,7 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
                 for (int i = 0; i < NV; i++) qk[g][i] = load(a->q + ((long)b * H + kv * G + g) * D + i * W);
             for (int r = 0; r < n; r++) {
                 const long off = base + (long)(j0 + r) * a->sl;
-                if (j0 + BLOCK + r < hi) {
-                    /* This head's next block into L2 while the other heads' blocks are computed: the
-                     * hardware prefetchers alone left the 8192-row cache at 0.7-0.8x the read bound. */
-                    const long ahead = (off + (long)BLOCK * a->sl) * (bf16 ? 2 : 4);
-                    for (int o = 0; o < D * (bf16 ? 2 : 4); o += 64) {
-                        __builtin_prefetch((const char *)a->s + ahead + o, 0, 2);
-                        if (a->v) __builtin_prefetch((const char *)a->v + ahead + o, 0, 2);
-                    }
-                }
+                if (j0 + BLOCK + r < hi) prefetch_row(a, base, j0 + BLOCK + r, D, bf16 ? 2 : 4); /* while the other heads' blocks are computed */
                 v8 x[VMAX];
                 if (bf16) {
                     for (int i = 0; i < NV; i++) rows[r * NV + i] = x[i] = load_bf16((const uint16_t *)a->s + off + i * W);
@@ -218,39 +222,25 @@ static inline __m256bh rotary_pairs(const uint16_t *row, int c, int half, __m256
     const __m256i w = _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(row + half + c * 8)));
     return (__m256bh)_mm256_permutex2var_epi16(u, pairs, w);
 }
-/* Row j of this head (S, and V when given) into L2, one block ahead of the rows being computed: issued
- * row by row between them, since a whole block's prefetches at once (256 lines with V) ran the kernel
- * over 8192 cached rows at 0.74-0.89x. The hardware prefetchers alone left it at 0.7-0.8x the read bound. */
-static inline void prefetch_row(const Args *a, long base, int j, const int D) {
-    const long at = (base + (long)j * a->sl) * 2;
-    for (int o = 0; o < D * 2; o += 64) {
-        __builtin_prefetch((const char *)a->s + at + o, 0, 2);
-        if (a->v) __builtin_prefetch((const char *)a->v + at + o, 0, 2);
-    }
-}
 /* With RoPE, the scores of a KV head's only query head (no GQA) over a block's n rows, eight at a time,
  * so their lane sums share one reduction (sum8): 1.09-1.14x over the per-row sums, where `mha`'s keys
  * (no RoPE) and GQA ran as fast or faster per row (ABAB over six model=small layers, Zen 4). */
 static inline __attribute__((always_inline)) void block_scores(const Args *a, long base, int j0, int n, int hi, const int D, const int NC,
-                                                              const int HALF, const int rope, const __m256bh *qa, const v8 *tc,
-                                                              const v8 *ts, __m256i pairs, float *sc) {
+                                                              const int HALF, const __m256bh *qa, const v8 *tc, const v8 *ts,
+                                                              __m256i pairs, float *sc) {
     const __m256bh *qb = qa + NC;
     for (int r0 = 0; r0 < n; r0 += W) {
         v8 d[W];
         for (int i = 0; i < W; i++) {
-            if (r0 + i < n && j0 + BLOCK + r0 + i < hi) prefetch_row(a, base, j0 + BLOCK + r0 + i, D);
+            if (r0 + i < n && j0 + BLOCK + r0 + i < hi) prefetch_row(a, base, j0 + BLOCK + r0 + i, D, 2);
             const int r = r0 + i < n ? r0 + i : n - 1; /* past n: any row, block_softmax drops it */
             const uint16_t *row = (const uint16_t *)a->s + base + (long)(j0 + r) * a->sl;
             v8 e = splat(0.0f);
             for (int c = 0; c < NC; c++) {
-                if (rope) {
-                    const __m256bh x = rotary_pairs(row, c, HALF, pairs);
-                    const v8 A = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qa[c], x);
-                    const v8 B = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qb[c], x);
-                    e += A * tc[r * NC + c] + B * ts[r * NC + c];
-                } else {
-                    e = (v8)_mm256_dpbf16_ps((__m256)e, qa[c], (__m256bh)_mm256_loadu_si256((const __m256i *)(row + c * 16)));
-                }
+                const __m256bh x = rotary_pairs(row, c, HALF, pairs);
+                const v8 A = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qa[c], x);
+                const v8 B = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qb[c], x);
+                e += A * tc[r * NC + c] + B * ts[r * NC + c];
             }
             d[i] = e;
         }
@@ -282,10 +272,10 @@ static inline __attribute__((always_inline)) void span_dot(const Args *a, int b,
         for (int kv = 0; kv < KV; kv++) {
             const long base = b * a->sb + kv * a->skv;
             if (G == 1 && rope) {
-                block_scores(a, base, j0, n, hi, D, NC, HALF, rope, qp + (long)kv * 2 * NC, tc, ts, pairs, sc[0]);
-            } else { /* a row's pairs gathered once for the group's query heads, each score summed alone */
+                block_scores(a, base, j0, n, hi, D, NC, HALF, qp + (long)kv * 2 * NC, tc, ts, pairs, sc[0]);
+            } else { /* per row: keys as cached, or its pairs gathered once for the group's query heads */
                 for (int r = 0; r < n; r++) {
-                    if (j0 + BLOCK + r < hi) prefetch_row(a, base, j0 + BLOCK + r, D);
+                    if (j0 + BLOCK + r < hi) prefetch_row(a, base, j0 + BLOCK + r, D, 2);
                     const uint16_t *row = S + base + (long)(j0 + r) * a->sl;
                     __m256bh x[VMAX / 2];
                     for (int c = 0; c < NC; c++)
