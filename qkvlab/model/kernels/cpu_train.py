@@ -115,6 +115,8 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float = 1.
     fp32 and rounded once (PyTorch's bf16 form rounds twice): decoding's queries and keys in one C
     call where PyTorch's form runs six small ops (through `rotate`, 11.5 against 15.8 µs a call on a Zen 4)."""
     B, H, T, D = x.shape
+    if x.dtype == torch.bfloat16 and D > 256:
+        raise ValueError(f"cpu_train.rope: bf16 rows of at most 256 features (got {D}); rope_applies says which inputs it takes")
     y = torch.empty_like(x)
     fn = library().qkvlab_rope_bf16 if x.dtype == torch.bfloat16 else library().qkvlab_rope
     fn(

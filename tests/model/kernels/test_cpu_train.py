@@ -68,7 +68,10 @@ def test_bf16_rope_is_the_float64_rotation_rounded_once(D, sign):
 def test_rope_leaves_other_dtypes_and_shapes_to_pytorch():
     cos, sin = (t.float() for t in tables(5, 8))
     assert not cpu_train.rope_applies(torch.randn(1, 2, 5, 8).bfloat16(), cos, sin)
-    assert not cpu_train.rope_applies(torch.randn(1, 2, 5, 512).bfloat16(), *(t.bfloat16() for t in tables(5, 512)))
+    wide, wide_tables = torch.randn(1, 2, 5, 512).bfloat16(), [t.bfloat16() for t in tables(5, 512)]
+    assert not cpu_train.rope_applies(wide, *wide_tables)
+    with pytest.raises(ValueError, match="at most 256 features"):  # the C row buffers hold 256: refused, not overrun
+        cpu_train.rope(wide, *wide_tables)
     assert not cpu_train.rope_applies(torch.randn(2, 5, 8), cos, sin)
     assert not cpu_train.rope_applies(torch.randn(1, 2, 5, 16)[..., ::2], cos, sin)
 
