@@ -28,6 +28,7 @@ from qkvlab.config import Config
 from qkvlab.model import build_model, kv_cache_bytes_per_token, kv_decode
 from qkvlab.model.attention import AttentionSpec, LayerInfo, SharedQKVAttention
 from qkvlab.model.kv_cache import KVCache, LayerKVCache
+from qkvlab.model.decode_step import step_for
 from qkvlab.track.metrics import MetricsWriter
 from qkvlab.train.device import compute_dtype, inference_model
 from qkvlab.train.distributed import SINGLE, World
@@ -154,7 +155,10 @@ def weight_bytes_read(model: torch.nn.Module) -> int:
 
 def decode_path(model, cache: KVCache) -> str:
     """How one-token decoding attends, for the table: a fused kernel (over the one cached S, or over K
-    and V on a CPU), SDPA over K and V, or PyTorch's rotate-then-SDPA over S; a family's own path otherwise."""
+    and V on a CPU), SDPA over K and V, or PyTorch's rotate-then-SDPA over S; a family's own path otherwise.
+    `step:cpu` is the CPU kernel inside the whole-token C step (decode_step.py)."""
+    if step_for(model, cache) is not None:
+        return "step:cpu"
     paths = []
     for block, layer in zip(model.blocks, cache.layers):
         attn = block.attn

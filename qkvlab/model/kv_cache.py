@@ -44,9 +44,9 @@ class KVCache:
         if max_len > model.cfg.context:
             raise ValueError(f"KV cache length {max_len} is above the model's context {model.cfg.context}")
         param = next(model.parameters())
-        self.batch, self.max_len = batch, max_len
+        self.batch, self.max_len, self.dtype = batch, max_len, dtype or param.dtype
         self.layers = [
-            LayerKVCache(block.attn.cache_shapes(batch, max_len), max_len, param.device, dtype or param.dtype)
+            LayerKVCache(block.attn.cache_shapes(batch, max_len), max_len, param.device, self.dtype)
             for block in model.blocks
         ]
 

@@ -5,7 +5,10 @@ d(up) as two tensors and then concatenates them into d(h), one more pass over th
 activation of the block. Here both are written into one buffer, halves in place, with ATen's
 fused `silu_backward`: at model=small's (8, 512, 2·1024) fp32 on 2 Xeon threads, forward and
 backward took 11.3 ms against 16.5 ms through autograd (scripts/bench_swiglu.py). Saved tensors
-are autograd's (h and silu(gate)), so memory is unchanged.
+are autograd's (h and silu(gate)), so memory is unchanged. Decoding's few rows on a CPU (fp32, or a model
+cast to bf16) take one C pass (kernels/cpu_train.py), with or without gradients: a decoded row was three
+PyTorch ops, and the whole-token decode step (decode_step.py) calls the same function, so the two agree to
+the bit. Longer inputs keep PyTorch's vectorised silu, which ran 2x faster than the C loop at training shapes.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from qkvlab.model.kernels import cpu_train
+
 
 class _SwiGLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor) -> torch.Tensor:
-        gate, up = h.chunk(2, dim=-1)
-        a = F.silu(gate)
+        a = F.silu(h.chunk(2, dim=-1)[0])
         ctx.save_for_backward(h, a)
-        return a * up
+        return _forward(h, a)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor) -> torch.Tensor:
@@ -33,9 +37,16 @@ class _SwiGLU(torch.autograd.Function):
         return dh
 
 
+def _forward(h: torch.Tensor, a: torch.Tensor | None = None) -> torch.Tensor:
+    """Decoding's few rows in one C pass, longer ones as silu(gate) · up (`a`: silu(gate) when made already)."""
+    if cpu_train.swiglu_applies(h):
+        return cpu_train.swiglu(h)
+    gate, up = h.chunk(2, dim=-1)
+    return (F.silu(gate) if a is None else a) * up
+
+
 def swiglu(h: torch.Tensor) -> torch.Tensor:
-    """silu(gate)·up of h = [gate | up] (last dimension)."""
+    """silu(gate)·up of h = [gate | up] (last dimension); the same values with and without gradients."""
     if torch.is_grad_enabled() and h.requires_grad:
         return _SwiGLU.apply(h)
-    gate, up = h.chunk(2, dim=-1)
-    return F.silu(gate) * up
+    return _forward(h)

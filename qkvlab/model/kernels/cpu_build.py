@@ -2,7 +2,7 @@
 
 A source beside this file is compiled with the system C compiler, the one torch.compile also
 needs, into ~/.cache/qkvlab/kernels (XDG_CACHE_HOME respected), keyed by the source, the headers
-beside it, the compiler and the CPU's flags, so a home directory shared by machines of different CPUs holds one build per
+beside it, the sources it #includes, the compiler and the CPU's flags, so a home directory shared by machines of different CPUs holds one build per
 CPU. OpenMP comes from the libgomp PyTorch has already loaded, so the kernels and ATen share one
 thread pool. Where no compiler works, `load` gives None and callers keep their PyTorch path.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -39,8 +40,11 @@ def _build_key(cc: str, source: Path) -> str:
         cpu = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
     except OSError:
         cpu = ""
-    headers = [h.read_text() for h in sorted(source.parent.glob("*.h"))]  # what the sources #include
-    blob = "\n".join([source.read_text(), *headers, version, " ".join(FLAGS), cpu])
+    text = source.read_text()
+    # Every header beside it, and the sources it #includes (decode_step.c builds on the other kernels).
+    headers = [h.read_text() for h in sorted(source.parent.glob("*.h"))]
+    included = [(source.parent / name).read_text() for name in re.findall(r'#include "([^"]+\.c)"', text)]
+    blob = "\n".join([text, *headers, *included, version, " ".join(FLAGS), cpu])
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -1,5 +1,5 @@
 """One-pass C versions of the default block's row-wise training ops on CPUs (fp32): RMSNorm forward
-and backward, and rotate-half RoPE.
+and backward, and rotate-half RoPE; and for inference (fp32 or bf16), RMSNorm's forward, RoPE and SwiGLU.
 
 PyTorch runs each as a chain of elementwise passes over (B, T, C) activations: at model=small's
 training shape on a 2-core Xeon the RMSNorms (forward and backward) and the RoPEs took about 70 and
@@ -33,7 +33,8 @@ def library() -> Optional[ctypes.CDLL]:
     lib.qkvlab_rms_norm_forward_bf16.restype = None
     lib.qkvlab_rms_norm_backward.argtypes = [p, p, p, p, p, p, L, i, i]
     lib.qkvlab_rope.argtypes = lib.qkvlab_rope_bf16.argtypes = [p, L, L, L, p, L, L, L, p, p, L, i, i, i, i, f, i]
-    for fn in (lib.qkvlab_rms_norm_forward, lib.qkvlab_rms_norm_backward, lib.qkvlab_rope, lib.qkvlab_rope_bf16):
+    lib.qkvlab_swiglu.argtypes = [p, p, L, i, i, i]
+    for fn in (lib.qkvlab_rms_norm_forward, lib.qkvlab_rms_norm_backward, lib.qkvlab_rope, lib.qkvlab_rope_bf16, lib.qkvlab_swiglu):
         fn.restype = None
     return lib
 
@@ -123,4 +124,28 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float = 1.
         x.data_ptr(), x.stride(0), x.stride(1), x.stride(2), y.data_ptr(), y.stride(0), y.stride(1), y.stride(2),
         cos.data_ptr(), sin.data_ptr(), cos.stride(0), B, H, T, D, sign, 1 if B * H * T < FEW_ROWS else torch.get_num_threads(),
     )
+    return y
+
+
+def swiglu_applies(h: torch.Tensor) -> bool:
+    """Decoding's few [gate | up] rows (under FEW_ROWS) on a CPU, fp32 or bf16, contiguous."""
+    return (
+        h.device.type == "cpu"
+        and h.dim() >= 1
+        and 0 < h.numel() < FEW_ROWS * h.shape[-1]
+        and h.dtype in (torch.float32, torch.bfloat16)
+        and h.shape[-1] % 2 == 0
+        and h.is_contiguous()
+        and not torch.compiler.is_compiling()
+        and available()
+    )
+
+
+def swiglu(h: torch.Tensor) -> torch.Tensor:
+    """silu(gate)·up of h = [gate | up] in one pass (bf16 computed in fp32 and rounded once)."""
+    F = h.shape[-1] // 2
+    rows = h.numel() // (2 * F) if F else 0
+    y = torch.empty(*h.shape[:-1], F, dtype=h.dtype)
+    if rows:
+        library().qkvlab_swiglu(h.data_ptr(), y.data_ptr(), rows, F, int(h.dtype == torch.bfloat16), 1 if rows < FEW_ROWS else torch.get_num_threads())
     return y

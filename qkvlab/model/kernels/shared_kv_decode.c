@@ -21,33 +21,6 @@ static inline v8 vmax(v8 a, v8 b) {
     const v8i gt = a > b;
     return (v8)((gt & (v8i)a) | (~gt & (v8i)b));
 }
-/* exp on 8 lanes, for x <= 0 (scores minus their running max): x = n ln2 + t with |t| <= ln2 / 2, e^t
- * by its degree-7 Taylor polynomial (relative error about 1e-7, fp32's rounding), 2^n put into the
- * exponent bits. Lanes below -87 (e^x under fp32's smallest normal) give 0. */
-static inline v8 vexp(v8 x) {
-    const v8i keep = x >= splat(-87.0f);
-    v8i xi;
-    memcpy(&xi, &x, sizeof xi);
-    xi &= keep;
-    v8 xc;
-    memcpy(&xc, &xi, sizeof xc);
-    const v8i n = __builtin_convertvector(xc * 1.44269504088896341f + 126.5f, v8i) - 126;
-    const v8 fn = __builtin_convertvector(n, v8);
-    const v8 t = (xc - fn * 0.693145751953125f) - fn * 1.428606765330187e-06f;
-    v8 y = splat(1.0f / 5040.0f);
-    y = y * t + 1.0f / 720.0f;
-    y = y * t + 1.0f / 120.0f;
-    y = y * t + 1.0f / 24.0f;
-    y = y * t + 1.0f / 6.0f;
-    y = y * t + 0.5f;
-    y = y * t + 1.0f;
-    y = y * t + 1.0f;
-    v8i bits;
-    memcpy(&bits, &y, sizeof bits);
-    bits = (bits + (n << 23)) & keep;
-    memcpy(&y, &bits, sizeof y);
-    return y;
-}
 typedef struct {
     const void *s, *v;
     int bf16;

@@ -139,3 +139,36 @@ void qkvlab_rope_bf16(const uint16_t *restrict x, long xb, long xh, long xt, uin
                       float sign, int threads) {
     rope_rows(x, xb, xh, xt, y, yb, yh, yt, cos_t, sin_t, ts, B, H, T, D, sign, threads, 1);
 }
+
+/* SwiGLU of inference, silu(gate) * up over h = [gate | up] (rows of 2F), into y (rows of F): fp32, or bf16
+ * computed in fp32 and rounded once. Decoding's one row was three PyTorch ops (chunk, silu, multiply); the
+ * modules and the whole-token step (decode_step.c) both call this, so they agree to the bit. The sigmoid
+ * takes vexp of -|g| (it wants arguments <= 0): 1 / (1 + e) for g >= 0, e / (1 + e) below. */
+static inline v8 swiglu8(v8 g, v8 u) {
+    const v8i neg = g < splat(0.0f);
+    const v8i gi = (v8i)g;
+    const v8 e = vexp((v8)(gi | (v8i)splat(-0.0f)));
+    const v8 one = splat(1.0f);
+    const v8 num = (v8)((neg & (v8i)e) | (~neg & (v8i)one));
+    return g * (num / (one + e)) * u;
+}
+
+void qkvlab_swiglu(const void *restrict h, void *restrict y, long rows, int F, int bf16, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long r = 0; r < rows; r++) {
+        for (int i = 0; i < F; i += W) {
+            const int n = F - i < W ? F - i : W;
+            float g[W] = {0}, u[W] = {0}, o[W];
+            const long at = r * 2 * F + i;
+            for (int t = 0; t < n; t++) {
+                g[t] = bf16 ? bf16_to_float(((const uint16_t *)h)[at + t]) : ((const float *)h)[at + t];
+                u[t] = bf16 ? bf16_to_float(((const uint16_t *)h)[at + F + t]) : ((const float *)h)[at + F + t];
+            }
+            store(o, swiglu8(load(g), load(u)));
+            for (int t = 0; t < n; t++) {
+                if (bf16) ((uint16_t *)y)[r * F + i + t] = float_to_bf16(o[t]);
+                else ((float *)y)[r * F + i + t] = o[t];
+            }
+        }
+    }
+}

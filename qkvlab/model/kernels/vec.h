@@ -1,5 +1,5 @@
 /* What qkvlab's C kernels share: 8-float vectors (GCC/Clang vector extensions, so AVX2, AVX-512 or
- * NEON alike) and bf16 <-> fp32 conversion with torch's rounding. cpu_build.py hashes this file into
+ * NEON alike), bf16 <-> fp32 conversion with torch's rounding, and exp on a vector. cpu_build.py hashes this file into
  * every kernel's build key, so editing it rebuilds them all. */
 #ifndef QKVLAB_VEC_H
 #define QKVLAB_VEC_H
@@ -42,5 +42,32 @@ static inline uint16_t float_to_bf16(float f) { /* round to nearest even, as tor
     memcpy(&u, &f, sizeof u);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
     return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+/* exp on 8 lanes, for x <= 0 (scores minus their running max, a sigmoid's -|g|): x = n ln2 + t with |t| <= ln2 / 2, e^t
+ * by its degree-7 Taylor polynomial (relative error about 1e-7, fp32's rounding), 2^n put into the
+ * exponent bits. Lanes below -87 (e^x under fp32's smallest normal) give 0. */
+static inline v8 vexp(v8 x) {
+    const v8i keep = x >= splat(-87.0f);
+    v8i xi;
+    memcpy(&xi, &x, sizeof xi);
+    xi &= keep;
+    v8 xc;
+    memcpy(&xc, &xi, sizeof xc);
+    const v8i n = __builtin_convertvector(xc * 1.44269504088896341f + 126.5f, v8i) - 126;
+    const v8 fn = __builtin_convertvector(n, v8);
+    const v8 t = (xc - fn * 0.693145751953125f) - fn * 1.428606765330187e-06f;
+    v8 y = splat(1.0f / 5040.0f);
+    y = y * t + 1.0f / 720.0f;
+    y = y * t + 1.0f / 120.0f;
+    y = y * t + 1.0f / 24.0f;
+    y = y * t + 1.0f / 6.0f;
+    y = y * t + 0.5f;
+    y = y * t + 1.0f;
+    y = y * t + 1.0f;
+    v8i bits;
+    memcpy(&bits, &y, sizeof bits);
+    bits = (bits + (n << 23)) & keep;
+    memcpy(&y, &bits, sizeof y);
+    return y;
 }
 #endif

@@ -105,3 +105,24 @@ def test_rms_norm_weight_gradient_is_the_same_on_every_run():
     for _ in range(3):
         again = cpu_train.rms_norm_backward(g, x, w, inv)
         assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2 * 1024), (3, 70, 2 * 37), (2, 6)])
+def test_swiglu_is_float64s_within_fp32_rounding_and_bf16s_rounded_once(shape):
+    torch.manual_seed(0)
+    # Gates from -40 to 40: both sides of the sigmoid, and where e^-|g| is tiny.
+    h = torch.randn(*shape, dtype=torch.float64) * 10
+    h.view(-1)[:2] = torch.tensor([-40.0, 40.0])
+    gate, up = h.chunk(2, dim=-1)
+    ref = F.silu(gate) * up
+    y = cpu_train.swiglu(h.float())
+    torch.testing.assert_close(y.double(), F.silu(gate.float().double()) * up.float().double(), rtol=2e-6, atol=1e-30)
+    hb = h.to(torch.bfloat16)
+    gb, ub = hb.double().chunk(2, dim=-1)
+    yb = cpu_train.swiglu(hb)
+    exact = (F.silu(gb) * ub).to(torch.bfloat16)
+    # One rounding of the fp32 result: the float64 value rounded, but where fp32 lands on a tie (one step off).
+    assert (yb != exact).float().mean() < 1e-3
+    assert ((yb.double() - exact.double()).abs() <= exact.double().abs() * 2**-7).all()  # at most one bf16 step
+    assert ref.shape == y.shape
+

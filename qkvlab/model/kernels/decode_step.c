@@ -1,0 +1,112 @@
+/* One decoded token through every block of a default-block model (RMSNorm, SwiGLU, RoPE, no biases)
+ * in one call: the same C functions the model's modules call one by one (the one-row Linears, the
+ * norms, RoPE, SwiGLU, the decode kernel), in the same order and with the same roundings, so the hidden
+ * state it returns is bit for bit the modules'. What it removes is the Python between them: about
+ * 1.2-1.6 ms of module calls and small ops per model=small token on a Zen 4 EPYC, paid alike by every
+ * variant, which diluted what a smaller cache saves. Loaded by cpu_step.py; decode_step.py says which
+ * models take it. */
+#include "few_rows_linear.c"
+#include "shared_kv_decode.c"
+#include "train_ops.c"
+
+typedef struct {
+    const void *norm1, *qkv, *out, *norm2, *up, *down; /* weights, rows contiguous, in the model's dtype */
+    void *k, *v;                                       /* cache buffers: S (v NULL) or rotated K and V */
+    long cb, ckv, cl;                                  /* their strides, elements */
+    float eps1, eps2;
+} StepLayer;
+
+typedef struct {
+    int n_layers, bf16, d_model, q_heads, kv_heads, d_head, d_ff, has_q, max_len;
+    int min_split_rows; /* cpu_decode.MIN_SPLIT_ROWS: the kernel's splits are the modules' */
+    float scale;
+    const void *cos_t, *sin_t; /* (context, d_head) rotate-half tables in the model's dtype */
+    const StepLayer *layers;
+} StepModel;
+
+static void copy_heads(const void *src, void *dst, long db, long dh, int B, int heads, int D, long src_row, int es) {
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < heads; h++)
+            memcpy((char *)dst + (b * db + h * dh) * es, (const char *)src + (b * src_row + (long)h * D) * es, (size_t)D * es);
+}
+
+static void add_into(void *x, const void *y, long n, int bf16) {
+    if (bf16) {
+        uint16_t *a = x;
+        const uint16_t *c = y;
+        for (long i = 0; i < n; i++) a[i] = float_to_bf16(bf16_to_float(a[i]) + bf16_to_float(c[i]));
+    } else {
+        float *a = x;
+        const float *c = y;
+        for (long i = 0; i < n; i++) a[i] += c[i];
+    }
+}
+
+static void norm_rows(const void *x, const void *w, void *y, int B, int D, float eps, int bf16) {
+    if (bf16) qkvlab_rms_norm_forward_bf16(x, w, y, B, D, eps, 1);
+    else qkvlab_rms_norm_forward(x, w, y, NULL, B, D, eps, 1);
+}
+
+static void rope_heads(const void *x, long x_row, void *y, long yb, long yh, const void *cos_t, const void *sin_t, int B,
+                       int heads, int D, int pos, int bf16) {
+    const long at = (long)pos * D;
+    if (bf16)
+        qkvlab_rope_bf16(x, x_row, D, x_row, y, yb, yh, 0, (const uint16_t *)cos_t + at, (const uint16_t *)sin_t + at, D, B, heads, 1, D, 1.0f, 1);
+    else
+        qkvlab_rope(x, x_row, D, x_row, y, yb, yh, 0, (const float *)cos_t + at, (const float *)sin_t + at, D, B, heads, 1, D, 1.0f, 1);
+}
+
+/* Scratch elements (of the model's dtype) and work floats a call needs for B sequences. */
+long qkvlab_decode_step_scratch(const StepModel *m, int B) {
+    const long D = m->d_head, P = (long)(m->has_q ? m->q_heads : 0) * D + (m->layers[0].v ? 2 : 1) * (long)m->kv_heads * D;
+    return B * (2L * m->d_model + P + 2L * m->q_heads * D + (long)m->kv_heads * D + 3L * m->d_ff);
+}
+
+long qkvlab_decode_step_work(const StepModel *m, int B, int threads) {
+    const int splits_max = (2 * threads + B - 1) / B;
+    return (long)B * splits_max * m->q_heads * (m->d_head + 2) + (long)B * m->q_heads * m->d_head;
+}
+
+/* x: (B, d_model), the token's hidden state after the embedding, replaced by the last block's output.
+ * Returns 1 where a C function refused a shape, 2 past the cache's end. */
+int qkvlab_decode_step(const StepModel *m, void *x, int B, int pos, void *scratch, float *work, int threads) {
+    if (pos >= m->max_len) return 2;
+    const int bf16 = m->bf16, es = bf16 ? 2 : 4, D = m->d_head, Hq = m->q_heads, KV = m->kv_heads, d = m->d_model;
+    const int two = m->layers[0].v != NULL;
+    const long P = (long)(m->has_q ? Hq : 0) * D + (two ? 2 : 1) * (long)KV * D;
+    char *n = scratch, *qkv = n + (long)B * d * es, *q = qkv + B * P * es, *k = q + (long)B * Hq * D * es;
+    char *att = k + (long)B * KV * D * es, *o = att + (long)B * Hq * D * es, *h = o + (long)B * d * es, *a = h + 2L * B * m->d_ff * es;
+    const int L = pos + 1;
+    int splits = (2 * threads + B - 1) / B;
+    if (L / m->min_split_rows < splits) splits = L / m->min_split_rows;
+    if (splits < 1) splits = 1;
+    for (int i = 0; i < m->n_layers; i++) {
+        const StepLayer *ly = m->layers + i;
+        norm_rows(x, ly->norm1, n, B, d, ly->eps1, bf16);
+        if (qkvlab_few_rows_linear(n, bf16, ly->qkv, bf16, NULL, qkv, B, (int)P, d, threads)) return 1;
+        const char *kp = qkv + (m->has_q ? (long)Hq * D * es : 0);
+        const long pos_at = (long)pos * ly->cl * es;
+        if (two) { /* rotated K and V into the cache; queries are Q rotated, or (q_eq_k) the rotated keys */
+            rope_heads(kp, P, k, (long)KV * D, D, m->cos_t, m->sin_t, B, KV, D, pos, bf16);
+            copy_heads(k, (char *)ly->k + pos_at, ly->cb, ly->ckv, B, KV, D, (long)KV * D, es);
+            copy_heads(kp + (long)KV * D * es, (char *)ly->v + pos_at, ly->cb, ly->ckv, B, KV, D, P, es);
+            if (m->has_q) rope_heads(qkv, P, q, (long)Hq * D, D, m->cos_t, m->sin_t, B, Hq, D, pos, bf16);
+            else memcpy(q, k, (size_t)B * KV * D * es);
+        } else { /* S as projected into the cache; queries are Q rotated, or (q_eq_k_eq_v) S rotated */
+            copy_heads(kp, (char *)ly->k + pos_at, ly->cb, ly->ckv, B, KV, D, P, es);
+            rope_heads(m->has_q ? qkv : kp, P, q, (long)Hq * D, D, m->cos_t, m->sin_t, B, Hq, D, pos, bf16);
+        }
+        if (qkvlab_shared_kv_decode(ly->k, ly->v, bf16 ? 2 : 0, ly->cb, ly->ckv, ly->cl, q, bf16, att, B, Hq, KV, L, D,
+                                    two ? NULL : m->cos_t, two ? NULL : m->sin_t, bf16, D, NULL, -1.0f, m->scale, splits,
+                                    threads, work))
+            return 1;
+        if (qkvlab_few_rows_linear(att, bf16, ly->out, bf16, NULL, o, B, d, Hq * D, threads)) return 1;
+        add_into(x, o, (long)B * d, bf16);
+        norm_rows(x, ly->norm2, n, B, d, ly->eps2, bf16);
+        if (qkvlab_few_rows_linear(n, bf16, ly->up, bf16, NULL, h, B, 2 * m->d_ff, d, threads)) return 1;
+        qkvlab_swiglu(h, a, B, m->d_ff, bf16, 1);
+        if (qkvlab_few_rows_linear(a, bf16, ly->down, bf16, NULL, o, B, d, m->d_ff, threads)) return 1;
+        add_into(x, o, (long)B * d, bf16);
+    }
+    return 0;
+}
