@@ -1,13 +1,16 @@
-"""Decoding a token through every block in one C call (kernels/decode_step.c), where the model is the
-default block on a CPU and every piece of it already runs in C.
+"""Decoding a token in one C call, from its embedding to its logits (kernels/decode_step.c), where the
+model is the default block on a CPU and every piece of it already runs in C.
 
 Batch-1 decoding of a small model is bound by what is paid per call, not per byte: on a Zen 4 EPYC,
 a bf16 model=small token spent 0.7 ms in the Linears and 1.8-2.8 ms in the decode kernel at 8192
 cached tokens, and 1.2-1.6 ms in the Python between them (about 300 module calls, views and small
-ops), the same for every variant. That share diluted what `k_eq_v`'s half cache saves. The step
-calls the functions the modules call (the one-row Linears, RMSNorm, RoPE, SwiGLU, the decode kernel)
-in the same order with the same arguments, so its hidden state equals the modules' to the bit (the
-tests check it); it is an evaluation order, not a second model. Anything it does not cover (other
+ops), the same for every variant. That share diluted what `k_eq_v`'s half cache saves. Even a few
+Python ops around a C call over the blocks cost 0.2-0.4 ms: after the kernel has streamed the cache
+through the CPU's caches, the interpreter's own data is cold (the first RMSNorm after it took 50-130 µs,
+the next one 13), so the embedding, the final norm and the head are in the call too. The step calls
+the functions the modules call (the embedding's row copy, the one-row Linears, RMSNorm, RoPE, SwiGLU,
+the decode kernel) in the same order with the same arguments, so its logits and cache equal the
+modules' to the bit (the tests check it); it is an evaluation order, not a second model. Anything it does not cover (other
 families, biases, learned positions, LayerNorm, GELU, QK-norm, cross-layer sharing, a Linear path other
 than the C loop, gradients, prompts) takes the modules, as does everything with QKVLAB_DECODE_KERNEL=off.
 """
@@ -50,8 +53,11 @@ def why_not(model, cache: KVCache) -> Optional[str]:
         return "the model is in training mode"
     if (m.positions, m.norm, m.mlp, m.bias) != ("rope", "rmsnorm", "swiglu", False) or model.pos_emb is not None or model.passes != 1:
         return "the block is not the default one (RoPE, RMSNorm, SwiGLU, no biases)"
-    if type(model.tok_emb) is not torch.nn.Embedding:
-        return "its embedding is not a table"
+    if type(model.tok_emb) is not torch.nn.Embedding or type(model.norm) is not RMSNorm or model.norm.weight is None:
+        return "its embedding is not a table or its final norm not RMSNorm with a gain"
+    problem = _linear_problem(model.head)
+    if problem:
+        return problem
     params = list(model.parameters())
     dtypes = {p.dtype for p in params} | {cache.dtype, model.rope_cos.dtype, model.rope_sin.dtype}
     if {p.device.type for p in params} != {"cpu"} or len(dtypes) != 1 or cache.dtype not in DTYPES:
@@ -117,39 +123,54 @@ class DecodeStep:
             d_ff=blocks[0].mlp.down.in_features, has_q=int(has_q), max_len=cache.max_len,
             min_split_rows=cpu_decode.MIN_SPLIT_ROWS, scale=attn0._scale(),
             cos_t=_ptr(model.rope_cos), sin_t=_ptr(model.rope_sin), layers=layers,
+            embedding=_ptr(model.tok_emb.weight), final_norm=_ptr(model.norm.weight), head=_ptr(model.head.weight),
+            vocab=model.head.out_features, final_eps=model.norm._eps(torch.empty(0, dtype=dtype)),
         )
         self.ref = ctypes.byref(self.spec)
         lib = cpu_step.library()
         self.scratch = torch.empty(lib.qkvlab_decode_step_scratch(self.ref, cache.batch), dtype=dtype)
         self.work: dict[int, torch.Tensor] = {}
 
-    def __call__(self, x: torch.Tensor, start_pos: int) -> torch.Tensor:
-        """x (B, 1, d_model) after the embedding, in the model's dtype: the last block's output."""
-        x = x.contiguous()
+    def __call__(self, idx: torch.Tensor, start_pos: int) -> torch.Tensor:
+        """Logits (B, 1, vocab) for the tokens idx (B, 1) at start_pos, the cache written there."""
+        idx = idx.reshape(-1).to(torch.int64).contiguous()
         threads = torch.get_num_threads()
         work = self.work.get(threads)
         lib = cpu_step.library()
         if work is None:
             work = self.work[threads] = torch.empty(lib.qkvlab_decode_step_work(self.ref, self.cache.batch, threads), dtype=torch.float32)
-        status = lib.qkvlab_decode_step(self.ref, x.data_ptr(), x.shape[0], start_pos, self.scratch.data_ptr(), work.data_ptr(), threads)
+        B = idx.shape[0]
+        logits = torch.empty(B, 1, self.spec.vocab, dtype=self.scratch.dtype)
+        status = lib.qkvlab_decode_step(self.ref, idx.data_ptr(), logits.data_ptr(), B, start_pos, self.scratch.data_ptr(), work.data_ptr(), threads)
         if status == 2:
             raise ValueError(f"KV cache holds {self.cache.max_len} positions; asked to write up to {start_pos + 1}")
+        if status == 3:
+            raise IndexError("index out of range in self")  # what the embedding table says
         if status:
             raise RuntimeError(f"decode step: a C function refused the shapes of {type(self.model).__name__} (status {status})")
-        return x
+        return logits
 
 
-def _signature(model) -> tuple:
+def _slots(model) -> list[tuple[dict, str]]:
+    """Where each parameter lives (its module's parameter dict and name): read per token instead of
+    walking the module tree, which took 0.2-0.5 ms of a 1.1 ms token."""
+    return [(m._parameters, name) for m in model.modules() for name, p in m._parameters.items() if p is not None]
+
+
+def _signature(model, slots: list[tuple[dict, str]]) -> tuple:
     """What a step's packing and applicability depend on and may change during a cache's life: the
     decode policy, training mode, and every parameter's storage (a cast or a replaced weight moves it)."""
-    return (kv_decode.policy(), model.training, *(p.data_ptr() for p in model.parameters()))
+    return (kv_decode.policy(), model.training, *(params[name].data_ptr() for params, name in slots))
 
 
 def step_for(model, cache: KVCache) -> Optional[DecodeStep]:
     """The step for this model and cache (packed once per cache and checked again when the signature
     changes), or None where the modules decode."""
-    signature = _signature(model)
     got = getattr(cache, "_step", None)
-    if got is None or got[0] is not model or got[1] != signature:
-        got = cache._step = (model, signature, DecodeStep(model, cache) if why_not(model, cache) is None else None)
-    return got[2]
+    if got is None or got[0] is not model:
+        got = (model, _slots(model), None, None)
+    signature = _signature(model, got[1])
+    if got[2] != signature:
+        got = (model, got[1], signature, DecodeStep(model, cache) if why_not(model, cache) is None else None)
+    cache._step = got
+    return got[3]

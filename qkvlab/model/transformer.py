@@ -166,13 +166,13 @@ class Transformer(nn.Module):
         """Logits for `idx`; with a `cache`, `idx` holds the tokens at start_pos.. and the cache the ones before.
         `shared` (default: a fresh dict) is what layers hand each other in this forward."""
         T = idx.shape[1]
-        x = self.tok_emb(idx)
-        if cache is not None and T == 1 and shared is None and not torch.is_grad_enabled() and x.device.type == "cpu":
+        if cache is not None and T == 1 and shared is None and not torch.is_grad_enabled() and idx.shape[0] == cache.batch and idx.device.type == "cpu":
             from qkvlab.model.decode_step import step_for
 
             step = step_for(self, cache)
-            if step is not None:  # every block in one C call, bit for bit the modules' (decode_step.py)
-                return self.head(self.norm(step(x, start_pos)))
+            if step is not None:  # the whole token in one C call, bit for bit the modules' (decode_step.py)
+                return step(idx, start_pos)
+        x = self.tok_emb(idx)
         if self.pos_emb is not None:
             x = x + self.pos_emb(torch.arange(start_pos, start_pos + T, device=idx.device))
         if self.cfg.dropout > 0:

@@ -46,7 +46,7 @@ def test_the_step_equals_the_modules_bit_for_bit(variant, dtype, batch):
     idx = torch.randint(0, 50, (batch, 524))
     with_step, cache = decode(model, idx, 520, step=True)
     assert decode_step.why_not(model, cache) is None
-    assert isinstance(cache._step[2], decode_step.DecodeStep)
+    assert isinstance(decode_step.step_for(model, cache), decode_step.DecodeStep)
     modules, cache_m = decode(model, idx, 520, step=False)
     assert torch.equal(with_step, modules)
     for a, b in zip(cache.layers, cache_m.layers):
@@ -119,7 +119,7 @@ def test_a_weight_replaced_mid_generation_is_read_from_its_new_storage():
                     old = model.blocks[1].mlp.down.weight
                     model.blocks[1].mlp.down.weight = torch.nn.Parameter(old.flip(0).clone())
                 parts.append(model(idx[:, t : t + 1], cache, t, None if step else {}))
-        assert (getattr(cache, "_step", (None, None, None))[2] is not None) == step
+        assert decode_step.step_for(model, cache) is not None
         outs.append(torch.cat(parts, dim=1))
     assert torch.equal(*outs)
 
@@ -135,3 +135,10 @@ def test_a_cache_of_another_dtype_takes_the_modules():
     model = model_for("k_eq_v", torch.float32, context=64)
     cache = KVCache(model, batch=1, max_len=8, dtype=torch.bfloat16)
     assert "not all fp32 or all bf16" in decode_step.why_not(model, cache)
+
+
+def test_a_token_outside_the_vocabulary_fails_as_the_embedding_does():
+    model = model_for("k_eq_v", torch.float32, context=64)
+    cache = KVCache(model, batch=1, max_len=4)
+    with torch.no_grad(), pytest.raises(IndexError, match="index out of range"):
+        model(torch.full((1, 1), 50), cache, 0)

@@ -29,6 +29,8 @@ class StepModel(ctypes.Structure):
         ("scale", ctypes.c_float),
         ("cos_t", ctypes.c_void_p), ("sin_t", ctypes.c_void_p),
         ("layers", ctypes.POINTER(StepLayer)),
+        ("embedding", ctypes.c_void_p), ("final_norm", ctypes.c_void_p), ("head", ctypes.c_void_p),
+        ("vocab", ctypes.c_int), ("final_eps", ctypes.c_float),
     ]
 
 
@@ -39,7 +41,7 @@ def library() -> Optional[ctypes.CDLL]:
         return None
     p, i, L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     model = ctypes.POINTER(StepModel)
-    lib.qkvlab_decode_step.argtypes = [model, p, i, i, p, p, i]
+    lib.qkvlab_decode_step.argtypes = [model, p, p, i, i, p, p, i]
     lib.qkvlab_decode_step.restype = i
     lib.qkvlab_decode_step_scratch.argtypes = [model, i]
     lib.qkvlab_decode_step_work.argtypes = [model, i, i]

@@ -1,7 +1,7 @@
-/* One decoded token through every block of a default-block model (RMSNorm, SwiGLU, RoPE, no biases)
- * in one call: the same C functions the model's modules call one by one (the one-row Linears, the
- * norms, RoPE, SwiGLU, the decode kernel), in the same order and with the same roundings, so the hidden
- * state it returns is bit for bit the modules'. What it removes is the Python between them: about
+/* One decoded token through a default-block model (RMSNorm, SwiGLU, RoPE, no biases), from the
+ * embedding to the logits, in one call: the same C functions the model's modules call one by one (the one-row Linears, the
+ * norms, RoPE, SwiGLU, the decode kernel), in the same order and with the same roundings, so the logits
+ * it returns are bit for bit the modules'. What it removes is the Python between them: about
  * 1.2-1.6 ms of module calls and small ops per model=small token on a Zen 4 EPYC, paid alike by every
  * variant, which diluted what a smaller cache saves. Loaded by cpu_step.py; decode_step.py says which
  * models take it. */
@@ -22,6 +22,9 @@ typedef struct {
     float scale;
     const void *cos_t, *sin_t; /* (context, d_head) rotate-half tables in the model's dtype */
     const StepLayer *layers;
+    const void *embedding, *final_norm, *head; /* (vocab, d_model), (d_model), (vocab, d_model) */
+    int vocab;
+    float final_eps;
 } StepModel;
 
 static void copy_heads(const void *src, void *dst, long db, long dh, int B, int heads, int D, long src_row, int es) {
@@ -59,7 +62,7 @@ static void rope_heads(const void *x, long x_row, void *y, long yb, long yh, con
 /* Scratch elements (of the model's dtype) and work floats a call needs for B sequences. */
 long qkvlab_decode_step_scratch(const StepModel *m, int B) {
     const long D = m->d_head, P = (long)(m->has_q ? m->q_heads : 0) * D + (m->layers[0].v ? 2 : 1) * (long)m->kv_heads * D;
-    return B * (2L * m->d_model + P + 2L * m->q_heads * D + (long)m->kv_heads * D + 3L * m->d_ff);
+    return B * (3L * m->d_model + P + 2L * m->q_heads * D + (long)m->kv_heads * D + 3L * m->d_ff);
 }
 
 long qkvlab_decode_step_work(const StepModel *m, int B, int threads) {
@@ -67,15 +70,18 @@ long qkvlab_decode_step_work(const StepModel *m, int B, int threads) {
     return (long)B * splits_max * m->q_heads * (m->d_head + 2) + (long)B * m->q_heads * m->d_head;
 }
 
-/* x: (B, d_model), the token's hidden state after the embedding, replaced by the last block's output.
- * Returns 1 where a C function refused a shape, 2 past the cache's end. */
-int qkvlab_decode_step(const StepModel *m, void *x, int B, int pos, void *scratch, float *work, int threads) {
+/* idx: (B) token ids; logits: (B, vocab) out. Returns 1 where a C function refused a shape, 2 past the
+ * cache's end, 3 for a token id outside the vocabulary. */
+int qkvlab_decode_step(const StepModel *m, const int64_t *idx, void *logits, int B, int pos, void *scratch, float *work, int threads) {
     if (pos >= m->max_len) return 2;
+    for (int b = 0; b < B; b++)
+        if (idx[b] < 0 || idx[b] >= m->vocab) return 3;
     const int bf16 = m->bf16, es = bf16 ? 2 : 4, D = m->d_head, Hq = m->q_heads, KV = m->kv_heads, d = m->d_model;
     const int two = m->layers[0].v != NULL;
     const long P = (long)(m->has_q ? Hq : 0) * D + (two ? 2 : 1) * (long)KV * D;
-    char *n = scratch, *qkv = n + (long)B * d * es, *q = qkv + B * P * es, *k = q + (long)B * Hq * D * es;
+    char *x = scratch, *n = x + (long)B * d * es, *qkv = n + (long)B * d * es, *q = qkv + B * P * es, *k = q + (long)B * Hq * D * es;
     char *att = k + (long)B * KV * D * es, *o = att + (long)B * Hq * D * es, *h = o + (long)B * d * es, *a = h + 2L * B * m->d_ff * es;
+    for (int b = 0; b < B; b++) memcpy(x + (long)b * d * es, (const char *)m->embedding + idx[b] * d * es, (size_t)d * es);
     const int L = pos + 1;
     int splits = (2 * threads + B - 1) / B;
     if (L / m->min_split_rows < splits) splits = L / m->min_split_rows;
@@ -108,5 +114,6 @@ int qkvlab_decode_step(const StepModel *m, void *x, int B, int pos, void *scratc
         if (qkvlab_few_rows_linear(a, bf16, ly->down, bf16, NULL, o, B, d, m->d_ff, threads)) return 1;
         add_into(x, o, (long)B * d, bf16);
     }
-    return 0;
+    norm_rows(x, m->final_norm, n, B, d, m->final_eps, bf16);
+    return qkvlab_few_rows_linear(n, bf16, m->head, bf16, NULL, logits, B, m->vocab, d, threads) ? 1 : 0;
 }
