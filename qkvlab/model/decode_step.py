@@ -32,10 +32,10 @@ from qkvlab.model.rms_norm import RMSNorm
 DTYPES = (torch.float32, torch.bfloat16)
 
 
-def _linear_problem(lin, bias_ok: bool = False) -> Optional[str]:
+def _linear_problem(lin) -> Optional[str]:
     if not isinstance(lin, InferenceLinear) or lin.paths.rows != C:
         return "its Linears do not take the C loop here"
-    if lin.bias is not None and not bias_ok:
+    if lin.bias is not None:
         return "it has biases"
     if not lin._c_takes_weights():
         return "a Linear's weights do not suit the C loop"
@@ -53,7 +53,7 @@ def why_not(model, cache: KVCache) -> Optional[str]:
         return "the model is in training mode"
     if (m.positions, m.norm, m.mlp, m.bias) != ("rope", "rmsnorm", "swiglu", False) or model.pos_emb is not None or model.passes != 1:
         return "the block is not the default one (RoPE, RMSNorm, SwiGLU, no biases)"
-    if type(model.tok_emb) is not torch.nn.Embedding or type(model.norm) is not RMSNorm or model.norm.weight is None:
+    if type(model.tok_emb) is not torch.nn.Embedding or model.tok_emb.max_norm is not None or type(model.norm) is not RMSNorm or model.norm.weight is None:
         return "its embedding is not a table or its final norm not RMSNorm with a gain"
     problem = _linear_problem(model.head)
     if problem:
@@ -152,15 +152,16 @@ class DecodeStep:
 
 
 def _slots(model) -> list[tuple[dict, str]]:
-    """Where each parameter lives (its module's parameter dict and name): read per token instead of
+    """Where each parameter and buffer lives (its module's dict and name): read per token instead of
     walking the module tree, which took 0.2-0.5 ms of a 1.1 ms token."""
-    return [(m._parameters, name) for m in model.modules() for name, p in m._parameters.items() if p is not None]
+    return [(d, name) for m in model.modules() for d in (m._parameters, m._buffers) for name, t in d.items() if t is not None]
 
 
 def _signature(model, slots: list[tuple[dict, str]]) -> tuple:
     """What a step's packing and applicability depend on and may change during a cache's life: the
-    decode policy, training mode, and every parameter's storage (a cast or a replaced weight moves it)."""
-    return (kv_decode.policy(), model.training, *(params[name].data_ptr() for params, name in slots))
+    decode policy, training mode, and every parameter's and buffer's storage (a cast or a replaced weight
+    moves it)."""
+    return (kv_decode.policy(), model.training, *(d[name].data_ptr() for d, name in slots))
 
 
 def step_for(model, cache: KVCache) -> Optional[DecodeStep]:

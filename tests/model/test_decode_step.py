@@ -142,3 +142,11 @@ def test_a_token_outside_the_vocabulary_fails_as_the_embedding_does():
     cache = KVCache(model, batch=1, max_len=4)
     with torch.no_grad(), pytest.raises(IndexError, match="index out of range"):
         model(torch.full((1, 1), 50), cache, 0)
+
+
+def test_a_model_cast_after_its_cache_was_made_takes_the_modules():
+    model = model_for("k_eq_v", torch.float32, context=64)
+    cache = KVCache(model, batch=1, max_len=8)
+    assert decode_step.step_for(model, cache) is not None
+    model.to(torch.bfloat16)  # parameters and rotary tables move; the fp32 cache stays
+    assert decode_step.step_for(model, cache) is None
