@@ -25,11 +25,9 @@ import torch
 from qkvlab.model import kv_decode
 from qkvlab.model.attention import SharedQKVAttention
 from qkvlab.model.inference_linear import C, InferenceLinear
-from qkvlab.model.kernels import cpu_decode, cpu_linear, cpu_step
+from qkvlab.model.kernels import cpu_linear, cpu_step
 from qkvlab.model.kv_cache import KVCache
 from qkvlab.model.rms_norm import RMSNorm
-
-DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _linear_problem(lin) -> Optional[str]:
@@ -60,7 +58,7 @@ def why_not(model, cache: KVCache) -> Optional[str]:
         return problem
     params = list(model.parameters())
     dtypes = {p.dtype for p in params} | {cache.dtype, model.rope_cos.dtype, model.rope_sin.dtype}
-    if {p.device.type for p in params} != {"cpu"} or len(dtypes) != 1 or cache.dtype not in DTYPES:
+    if {p.device.type for p in params} != {"cpu"} or len(dtypes) != 1 or cache.dtype not in cpu_linear.DTYPES:
         return "the model, its rotary tables and its cache are not all fp32 or all bf16 on the CPU"
     if not model.rope_cos.is_contiguous() or not model.rope_sin.is_contiguous():
         return "its rotary tables are not contiguous"
@@ -91,10 +89,6 @@ def why_not(model, cache: KVCache) -> Optional[str]:
     return None
 
 
-def _ptr(t: torch.Tensor) -> int:
-    return t.data_ptr()
-
-
 class DecodeStep:
     """The step for one model and one cache: pointers to every weight and buffer, packed once."""
 
@@ -106,25 +100,24 @@ class DecodeStep:
         dtype = cache.dtype
         self.cache, self.model = cache, model
         layers = (cpu_step.StepLayer * len(blocks))()
+        like = torch.empty(0, dtype=dtype)  # what the norms' eps=None reads its dtype's epsilon from
         for layer, block, lc in zip(layers, blocks, cache.layers):
             a = block.attn
             buf = lc.buffers
-            layer.norm1, layer.norm2 = _ptr(block.norm1.weight), _ptr(block.norm2.weight)
-            layer.qkv, layer.out = _ptr(a.qkv.weight), _ptr(a.out.weight)
-            layer.up, layer.down = _ptr(block.mlp.up.weight), _ptr(block.mlp.down.weight)
-            layer.k, layer.v = _ptr(buf[0]), (_ptr(buf[1]) if len(buf) == 2 else None)
+            layer.norm1, layer.norm2 = block.norm1.weight.data_ptr(), block.norm2.weight.data_ptr()
+            layer.qkv, layer.out = a.qkv.weight.data_ptr(), a.out.weight.data_ptr()
+            layer.up, layer.down = block.mlp.up.weight.data_ptr(), block.mlp.down.weight.data_ptr()
+            layer.k, layer.v = buf[0].data_ptr(), (buf[1].data_ptr() if len(buf) == 2 else None)
             layer.cb, layer.ckv, layer.cl = buf[0].stride(0), buf[0].stride(1), buf[0].stride(2)
-            x = torch.empty(0, dtype=dtype)
-            layer.eps1, layer.eps2 = block.norm1._eps(x), block.norm2._eps(x)
+            layer.eps1, layer.eps2 = block.norm1._eps(like), block.norm2._eps(like)
         self.layers = layers
         self.spec = cpu_step.StepModel(
             n_layers=len(blocks), bf16=int(dtype == torch.bfloat16), d_model=s.d_model,
             q_heads=s.n_heads if has_q else s.n_kv_heads, kv_heads=s.n_kv_heads, d_head=s.d_head,
-            d_ff=blocks[0].mlp.down.in_features, has_q=int(has_q), max_len=cache.max_len,
-            min_split_rows=cpu_decode.MIN_SPLIT_ROWS, scale=attn0._scale(),
-            cos_t=_ptr(model.rope_cos), sin_t=_ptr(model.rope_sin), layers=layers,
-            embedding=_ptr(model.tok_emb.weight), final_norm=_ptr(model.norm.weight), head=_ptr(model.head.weight),
-            vocab=model.head.out_features, final_eps=model.norm._eps(torch.empty(0, dtype=dtype)),
+            d_ff=blocks[0].mlp.down.in_features, has_q=int(has_q), max_len=cache.max_len, scale=attn0._scale(),
+            cos_t=model.rope_cos.data_ptr(), sin_t=model.rope_sin.data_ptr(), layers=layers,
+            embedding=model.tok_emb.weight.data_ptr(), final_norm=model.norm.weight.data_ptr(), head=model.head.weight.data_ptr(),
+            vocab=model.head.out_features, final_eps=model.norm._eps(like),
         )
         self.ref = ctypes.byref(self.spec)
         lib = cpu_step.library()

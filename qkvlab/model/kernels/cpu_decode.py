@@ -24,9 +24,6 @@ import torch
 
 from qkvlab.model.kernels import cpu_build
 
-# Rows a split must hold at least before the cache is cut into more work units than heads.
-MIN_SPLIT_ROWS = 256
-
 
 @functools.lru_cache(maxsize=1)
 def library() -> Optional[ctypes.CDLL]:
@@ -38,6 +35,10 @@ def library() -> Optional[ctypes.CDLL]:
     p, i, L, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
     fn.argtypes = [p, p, i, L, L, L, p, i, p, i, i, i, i, i, p, p, i, L, p, f, f, i, i, p]
     fn.restype = ctypes.c_int
+    lib.qkvlab_decode_splits.argtypes = [i, i, i]
+    lib.qkvlab_decode_splits.restype = i
+    lib.qkvlab_decode_work_floats.argtypes = [i, i, i, i]
+    lib.qkvlab_decode_work_floats.restype = L
     return lib
 
 
@@ -91,8 +92,8 @@ def decode_shared_kv(
     q = q.contiguous()  # fp32 or bf16 as it is: the kernel widens bf16 queries and rounds its output once
     out = torch.empty(B, H, D, dtype=q.dtype)
     threads = torch.get_num_threads()
-    splits = max(1, min(-(-2 * threads // B), L // MIN_SPLIT_ROWS))
-    work = torch.empty(B * splits * H * (D + 2) + B * H * D, dtype=torch.float32)
+    splits = lib.qkvlab_decode_splits(B, L, threads)
+    work = torch.empty(lib.qkvlab_decode_work_floats(B, H, D, splits), dtype=torch.float32)
     cos_p = sin_p = None
     row = tables_bf16 = 0
     if cos is not None:

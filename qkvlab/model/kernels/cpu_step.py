@@ -25,7 +25,7 @@ class StepLayer(ctypes.Structure):
 
 class StepModel(ctypes.Structure):
     _fields_ = [
-        *((name, ctypes.c_int) for name in ("n_layers", "bf16", "d_model", "q_heads", "kv_heads", "d_head", "d_ff", "has_q", "max_len", "min_split_rows")),
+        *((name, ctypes.c_int) for name in ("n_layers", "bf16", "d_model", "q_heads", "kv_heads", "d_head", "d_ff", "has_q", "max_len")),
         ("scale", ctypes.c_float),
         ("cos_t", ctypes.c_void_p), ("sin_t", ctypes.c_void_p),
         ("layers", ctypes.POINTER(StepLayer)),

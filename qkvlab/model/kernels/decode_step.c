@@ -18,7 +18,6 @@ typedef struct {
 
 typedef struct {
     int n_layers, bf16, d_model, q_heads, kv_heads, d_head, d_ff, has_q, max_len;
-    int min_split_rows; /* cpu_decode.MIN_SPLIT_ROWS: the kernel's splits are the modules' */
     float scale;
     const void *cos_t, *sin_t; /* (context, d_head) rotate-half tables in the model's dtype */
     const StepLayer *layers;
@@ -59,15 +58,19 @@ static void rope_heads(const void *x, long x_row, void *y, long yb, long yh, con
         qkvlab_rope(x, x_row, D, x_row, y, yb, yh, 0, (const float *)cos_t + at, (const float *)sin_t + at, D, B, heads, 1, D, 1.0f, 1);
 }
 
+/* The fused projection's width: Q (when the layer has one), then K and V, or S. */
+static long proj_width(const StepModel *m) {
+    return (long)(m->has_q ? m->q_heads : 0) * m->d_head + (m->layers[0].v ? 2 : 1) * (long)m->kv_heads * m->d_head;
+}
+
 /* Scratch elements (of the model's dtype) and work floats a call needs for B sequences. */
 long qkvlab_decode_step_scratch(const StepModel *m, int B) {
-    const long D = m->d_head, P = (long)(m->has_q ? m->q_heads : 0) * D + (m->layers[0].v ? 2 : 1) * (long)m->kv_heads * D;
-    return B * (3L * m->d_model + P + 2L * m->q_heads * D + (long)m->kv_heads * D + 3L * m->d_ff);
+    const long D = m->d_head;
+    return B * (3L * m->d_model + proj_width(m) + 2L * m->q_heads * D + (long)m->kv_heads * D + 3L * m->d_ff);
 }
 
 long qkvlab_decode_step_work(const StepModel *m, int B, int threads) {
-    const int splits_max = (2 * threads + B - 1) / B;
-    return (long)B * splits_max * m->q_heads * (m->d_head + 2) + (long)B * m->q_heads * m->d_head;
+    return qkvlab_decode_work_floats(B, m->q_heads, m->d_head, qkvlab_decode_splits(B, m->max_len, threads));
 }
 
 /* idx: (B) token ids; logits: (B, vocab) out. Returns 1 where a C function refused a shape, 2 past the
@@ -78,14 +81,11 @@ int qkvlab_decode_step(const StepModel *m, const int64_t *idx, void *logits, int
         if (idx[b] < 0 || idx[b] >= m->vocab) return 3;
     const int bf16 = m->bf16, es = bf16 ? 2 : 4, D = m->d_head, Hq = m->q_heads, KV = m->kv_heads, d = m->d_model;
     const int two = m->layers[0].v != NULL;
-    const long P = (long)(m->has_q ? Hq : 0) * D + (two ? 2 : 1) * (long)KV * D;
+    const long P = proj_width(m);
     char *x = scratch, *n = x + (long)B * d * es, *qkv = n + (long)B * d * es, *q = qkv + B * P * es, *k = q + (long)B * Hq * D * es;
     char *att = k + (long)B * KV * D * es, *o = att + (long)B * Hq * D * es, *h = o + (long)B * d * es, *a = h + 2L * B * m->d_ff * es;
     for (int b = 0; b < B; b++) memcpy(x + (long)b * d * es, (const char *)m->embedding + idx[b] * d * es, (size_t)d * es);
-    const int L = pos + 1;
-    int splits = (2 * threads + B - 1) / B;
-    if (L / m->min_split_rows < splits) splits = L / m->min_split_rows;
-    if (splits < 1) splits = 1;
+    const int L = pos + 1, splits = qkvlab_decode_splits(B, L, threads);
     for (int i = 0; i < m->n_layers; i++) {
         const StepLayer *ly = m->layers + i;
         norm_rows(x, ly->norm1, n, B, d, ly->eps1, bf16);

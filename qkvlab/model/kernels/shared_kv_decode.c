@@ -356,12 +356,25 @@ SPANS(any, a->D)
 static const int SIZES[] = {32, 48, 64, 128};
 static const span_fn SPAN_TABLE[5][8] = {TABLE(32), TABLE(48), TABLE(64), TABLE(128), TABLE(any)};
 
+/* Work units each sequence's cache is cut into: two per thread across the batch, but none under
+ * MIN_SPLIT_ROWS rows, where merging the splits would cost more than it spreads. One definition for the
+ * kernel's two callers (cpu_decode.py and decode_step.c), whose splits, and so sums, must agree. */
+#define MIN_SPLIT_ROWS 256
+int qkvlab_decode_splits(int B, int L, int threads) {
+    int splits = (2 * threads + B - 1) / B;
+    if (L / MIN_SPLIT_ROWS < splits) splits = L / MIN_SPLIT_ROWS;
+    return splits < 1 ? 1 : splits;
+}
+
+/* The work buffer's floats: per unit and head a max, a sum and D accumulators, then the widened queries. */
+long qkvlab_decode_work_floats(int B, int H, int D, int splits) { return (long)B * splits * H * (D + 2) + (long)B * H * D; }
+
 /* q, out: (B, H, D) contiguous, fp32, or bf16 with q_bf16 (out in q's dtype, rounded once). s: element (b, kv, j, d) at b*sb + kv*skv + j*sl + d, features in
  * rotate-half layout (pair f is features f and f + D/2). Tables: (L, D/2) fp32, or bf16 with tables_bf16 (a
  * model cast to bf16 keeps its tables so), element (j, f) at j*table_stride + f, or NULL for no RoPE. gain: (D,) or NULL; norm_eps < 0: no RMSNorm on keys.
  * v: NULL (values are S) or a separate value cache of s's dtype and strides (mha and GQA: keys are then the cached,
  * already rotated K, with no tables, gain or norm). bf16: 0 fp32 cache, 1 bf16 cache, 2 bf16 cache and bf16-exact q
- * (the bf16 dot-product path where the CPU has one). work: B*splits*H*(D+2) + B*H*D floats. */
+ * (the bf16 dot-product path where the CPU has one). work: qkvlab_decode_work_floats floats. */
 int qkvlab_shared_kv_decode(const void *s, const void *v, int bf16, long sb, long skv, long sl, const void *q_in, int q_bf16,
                             void *out, int B, int H, int KV, int L, int D, const void *cos_t, const void *sin_t,
                             int tables_bf16, long table_stride, const float *gain, float norm_eps, float scale,
