@@ -125,4 +125,3 @@ def test_swiglu_is_float64s_within_fp32_rounding_and_bf16s_rounded_once(shape):
     assert (yb != exact).float().mean() < 1e-3
     assert ((yb.double() - exact.double()).abs() <= exact.double().abs() * 2**-7).all()  # at most one bf16 step
     assert ref.shape == y.shape
-
