@@ -87,12 +87,13 @@ static inline __attribute__((always_inline)) void block_softmax(float *restrict 
 /* Row j of this head (S, and V when given; elements of esize bytes) into L2, one block ahead of the
  * rows being computed, issued row by row between them: the hardware prefetchers alone left the
  * 8192-row cache at 0.7-0.8x the read bound, and a whole block's prefetches at once (256 lines with V)
- * ran the bf16 kernel over 8192 cached rows at 0.74-0.89x. */
-static inline void prefetch_row(const Args *a, long base, int j, const int D, const int esize) {
+ * ran the bf16 kernel over 8192 cached rows at 0.74-0.89x. v: a->v, or NULL where the caller knows there is none
+ * (the test per row cost the unrolled score loop 7-10%). */
+static inline __attribute__((always_inline)) void prefetch_row(const Args *a, const void *v, long base, int j, const int D, const int esize) {
     const long at = (base + (long)j * a->sl) * esize;
     for (int o = 0; o < D * esize; o += 64) {
         __builtin_prefetch((const char *)a->s + at + o, 0, 2);
-        if (a->v) __builtin_prefetch((const char *)a->v + at + o, 0, 2);
+        if (v) __builtin_prefetch((const char *)v + at + o, 0, 2);
     }
 }
 
@@ -120,7 +121,7 @@ static inline __attribute__((always_inline)) void span(const Args *a, int b, int
                 for (int i = 0; i < NV; i++) qk[g][i] = load(a->q + ((long)b * H + kv * G + g) * D + i * W);
             for (int r = 0; r < n; r++) {
                 const long off = base + (long)(j0 + r) * a->sl;
-                if (j0 + BLOCK + r < hi) prefetch_row(a, base, j0 + BLOCK + r, D, bf16 ? 2 : 4); /* while the other heads' blocks are computed */
+                if (j0 + BLOCK + r < hi) prefetch_row(a, a->v, base, j0 + BLOCK + r, D, bf16 ? 2 : 4); /* while the other heads' blocks are computed */
                 v8 x[VMAX];
                 if (bf16) {
                     for (int i = 0; i < NV; i++) rows[r * NV + i] = x[i] = load_bf16((const uint16_t *)a->s + off + i * W);
@@ -195,27 +196,51 @@ static inline __m256bh rotary_pairs(const uint16_t *row, int c, int half, __m256
     const __m256i w = _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(row + half + c * 8)));
     return (__m256bh)_mm256_permutex2var_epi16(u, pairs, w);
 }
-/* With RoPE, the scores of a KV head's only query head (no GQA) over a block's n rows, eight at a time,
- * so their lane sums share one reduction (sum8): 1.09-1.14x over the per-row sums, where `mha`'s keys
- * (no RoPE) and GQA ran as fast or faster per row (ABAB over six model=small layers, Zen 4). */
+/* One row's score lanes, summed by the caller: q·k over the row as cached, or with RoPE Σ cos·A + sin·B over its
+ * rotary pairs (span_dot says why). */
+static inline __attribute__((always_inline)) v8 row_score(const uint16_t *row, const int NC, const int HALF, const __m256bh *qa,
+                                                         const __m256bh *qb, const v8 *tc, const v8 *ts, __m256i pairs, const int rope) {
+    v8 e = splat(0.0f);
+    if (!rope) {
+        for (int c = 0; c < NC; c++) e = (v8)_mm256_dpbf16_ps((__m256)e, qa[c], (__m256bh)_mm256_loadu_si256((const __m256i *)(row + c * 16)));
+        return e;
+    }
+    for (int c = 0; c < NC; c++) {
+        const __m256bh x = rotary_pairs(row, c, HALF, pairs);
+        const v8 A = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qa[c], x);
+        const v8 B = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qb[c], x);
+        e += A * tc[c] + B * ts[c];
+    }
+    return e;
+}
+/* The scores of a KV head's only query head (no GQA) over a block's n rows, eight at a time, so their
+ * lane sums share one reduction (sum8): with RoPE 1.09-1.14x over the per-row sums (ABAB over six
+ * model=small layers, Zen 4). Whole groups of eight rows, with the next block's prefetches decided once per
+ * block, unroll without a branch per row: with RoPE 1.10-1.22x over the same loop with per-row bounds
+ * checks, and `mha`'s keys (no RoPE), per-row sums before, 1.01-1.16x. */
 static inline __attribute__((always_inline)) void block_scores(const Args *a, long base, int j0, int n, int hi, const int D, const int NC,
                                                               const int HALF, const __m256bh *qa, const v8 *tc, const v8 *ts,
-                                                              __m256i pairs, float *sc) {
+                                                              __m256i pairs, float *sc, const int rope) {
     const __m256bh *qb = qa + NC;
-    for (int r0 = 0; r0 < n; r0 += W) {
+    const uint16_t *S = (const uint16_t *)a->s + base;
+    const int whole_next = j0 + 2 * BLOCK <= hi;
+    int r0 = 0;
+    for (; r0 + W <= n; r0 += W) {
+        v8 d[W];
+#pragma GCC unroll 8
+        for (int i = 0; i < W; i++) {
+            if (whole_next) prefetch_row(a, rope ? NULL : a->v, base, j0 + BLOCK + r0 + i, D, 2);
+            d[i] = row_score(S + (long)(j0 + r0 + i) * a->sl, NC, HALF, qa, qb, tc + (r0 + i) * NC, ts + (r0 + i) * NC, pairs, rope);
+        }
+        store(sc + r0, sum8(d) * a->scale);
+    }
+    if (!whole_next)
+        for (int r = 0; r < n && j0 + BLOCK + r < hi; r++) prefetch_row(a, rope ? NULL : a->v, base, j0 + BLOCK + r, D, 2);
+    if (r0 < n) { /* the span's last rows: past n, any row, block_softmax drops it */
         v8 d[W];
         for (int i = 0; i < W; i++) {
-            if (r0 + i < n && j0 + BLOCK + r0 + i < hi) prefetch_row(a, base, j0 + BLOCK + r0 + i, D, 2);
-            const int r = r0 + i < n ? r0 + i : n - 1; /* past n: any row, block_softmax drops it */
-            const uint16_t *row = (const uint16_t *)a->s + base + (long)(j0 + r) * a->sl;
-            v8 e = splat(0.0f);
-            for (int c = 0; c < NC; c++) {
-                const __m256bh x = rotary_pairs(row, c, HALF, pairs);
-                const v8 A = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qa[c], x);
-                const v8 B = (v8)_mm256_dpbf16_ps(_mm256_setzero_ps(), qb[c], x);
-                e += A * tc[r * NC + c] + B * ts[r * NC + c];
-            }
-            d[i] = e;
+            const int r = r0 + i < n ? r0 + i : n - 1;
+            d[i] = row_score(S + (long)(j0 + r) * a->sl, NC, HALF, qa, qb, tc + r * NC, ts + r * NC, pairs, rope);
         }
         store(sc + r0, sum8(d) * a->scale);
     }
@@ -244,11 +269,11 @@ static inline __attribute__((always_inline)) void span_dot(const Args *a, int b,
         if (rope) block_tables(a, j0, n, NC, tc, ts);
         for (int kv = 0; kv < KV; kv++) {
             const long base = b * a->sb + kv * a->skv;
-            if (G == 1 && rope) {
-                block_scores(a, base, j0, n, hi, D, NC, HALF, qp + (long)kv * 2 * NC, tc, ts, pairs, sc[0]);
-            } else { /* per row: keys as cached, or its pairs gathered once for the group's query heads */
+            if (G == 1) {
+                block_scores(a, base, j0, n, hi, D, NC, HALF, qp + (long)kv * 2 * NC, tc, ts, pairs, sc[0], rope);
+            } else { /* GQA, per row: keys as cached, or its pairs gathered once for the group's query heads */
                 for (int r = 0; r < n; r++) {
-                    if (j0 + BLOCK + r < hi) prefetch_row(a, base, j0 + BLOCK + r, D, 2);
+                    if (j0 + BLOCK + r < hi) prefetch_row(a, a->v, base, j0 + BLOCK + r, D, 2);
                     const uint16_t *row = S + base + (long)(j0 + r) * a->sl;
                     __m256bh x[VMAX / 2];
                     for (int c = 0; c < NC; c++)
