@@ -215,7 +215,7 @@ static inline __attribute__((always_inline)) v8 row_score(const uint16_t *row, c
 }
 /* The scores of a KV head's only query head (no GQA) over a block's n rows, eight at a time, so their
  * lane sums share one reduction (sum8): with RoPE 1.09-1.14x over the per-row sums (ABAB over six
- * model=small layers, Zen 4). Whole groups of eight rows, with the next block's prefetches decided once per
+ * model=small layers, Zen 4). Groups of eight rows, with the next block's prefetches decided once per
  * block, unroll without a branch per row: with RoPE 1.10-1.22x over the same loop with per-row bounds
  * checks, and `mha`'s keys (no RoPE), per-row sums before, 1.01-1.16x. */
 static inline __attribute__((always_inline)) void block_scores(const Args *a, long base, int j0, int n, int hi, const int D, const int NC,
@@ -223,27 +223,19 @@ static inline __attribute__((always_inline)) void block_scores(const Args *a, lo
                                                               __m256i pairs, float *sc, const int rope) {
     const __m256bh *qb = qa + NC;
     const uint16_t *S = (const uint16_t *)a->s + base;
-    const int whole_next = j0 + 2 * BLOCK <= hi;
-    int r0 = 0;
-    for (; r0 + W <= n; r0 += W) {
+    const int whole_next = j0 + 2 * BLOCK <= hi; /* then n is BLOCK: every group below is whole */
+    for (int r0 = 0; r0 < n; r0 += W) {
         v8 d[W];
 #pragma GCC unroll 8
         for (int i = 0; i < W; i++) {
             if (whole_next) prefetch_row(a, rope ? NULL : a->v, base, j0 + BLOCK + r0 + i, D, 2);
-            d[i] = row_score(S + (long)(j0 + r0 + i) * a->sl, NC, HALF, qa, qb, tc + (r0 + i) * NC, ts + (r0 + i) * NC, pairs, rope);
+            const int r = r0 + i < n ? r0 + i : n - 1; /* past n: any row, block_softmax drops it */
+            d[i] = row_score(S + (long)(j0 + r) * a->sl, NC, HALF, qa, qb, tc + r * NC, ts + r * NC, pairs, rope);
         }
         store(sc + r0, sum8(d) * a->scale);
     }
     if (!whole_next)
         for (int r = 0; r < n && j0 + BLOCK + r < hi; r++) prefetch_row(a, rope ? NULL : a->v, base, j0 + BLOCK + r, D, 2);
-    if (r0 < n) { /* the span's last rows: past n, any row, block_softmax drops it */
-        v8 d[W];
-        for (int i = 0; i < W; i++) {
-            const int r = r0 + i < n ? r0 + i : n - 1;
-            d[i] = row_score(S + (long)(j0 + r) * a->sl, NC, HALF, qa, qb, tc + r * NC, ts + r * NC, pairs, rope);
-        }
-        store(sc + r0, sum8(d) * a->scale);
-    }
 }
 /* A bf16 cache with bf16 queries, on CPUs with AVX512-BF16 (vdpbf16ps: pairs of bf16 products summed
  * into fp32 lanes, each product exact). Without RoPE the score is q·k over the raw row. With RoPE,
