@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The GPU figures in the README, on one CUDA GPU, in two parts that each end well inside a 10-minute
 # slot (what one command may take on a lent GPU machine), the most wanted first, each result written
-# to OUT_DIR as soon as it exists, so a run cut short keeps what it finished (six files a part, flat):
+# to OUT_DIR as soon as it exists, so a run cut short keeps what it finished (at most seven files a part, flat):
 #   decode (issue 14's GPU targets):
 #     1. the one-tensor decode kernel alone (scripts/bench_gpu_decode.py): checks against PyTorch on
 #        the GPU, then per-layer times against mha's SDPA for gpt2_124m- and paper_300m-sized layers at
 #        2048, 8192 and 32768 tokens, batch 1 and 16, bytes counted from the shapes;
 #     2. whole-model decoding at batch 1, gpt2_124m and paper_300m at 2048 / 8192 / 32768 tokens, with
 #        the kernel (QKVLAB_DECODE_KERNEL=auto) and without (off);
-#     3. the kernel's launch-plan sweep.
+#     3. the DRAM bytes each decode step reads, measured by Nsight Compute (ncu) where it is there;
+#     4. the kernel's launch-plan sweep.
 #   train: gpt2_124m MFU in bf16 with torch.compile for mha / k_eq_v / q_eq_k_eq_v, then eager; fp32
 #     (TF32) against bf16 step time at model=small; the validation loss of a 1000-step run in each
 #     precision; bench under torchrun with NCCL (one process per GPU present).
@@ -73,6 +74,17 @@ if [ "$part" != train ]; then
       check $? "decoding $m $k"
     done
   done
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | tail -n 1)
+  if [ "${DRY:-0}" != 1 ] && [ -n "$ncu" ]; then
+    stamp "decode kernel: DRAM bytes read per step, measured ($ncu)"
+    ncsv=$(mktemp) nplan=$(mktemp)
+    "$ncu" --profile-from-start off --cache-control all --clock-control none --print-units base --csv \
+      --metrics dram__bytes_read.sum,gpu__time_duration.sum --log-file "$ncsv" python3 scripts/bench_gpu_decode.py --ncu >"$nplan" &&
+      python3 scripts/bench_gpu_decode.py --ncu-report "$ncsv" "$nplan" | tee "$out/decode_ncu.txt"
+    check $? "DRAM bytes (ncu)"
+  else
+    stamp "no ncu here (or a dry run): bytes per step stay counted, not measured"
+  fi
   stamp "decode kernel: launch plans"
   python3 scripts/bench_gpu_decode.py --tune "${dry[@]}" | tee "$out/decode_tune.txt"
   check $? "launch plans"

@@ -13,13 +13,20 @@ cache into new keys, then SDPA over keys and S).
      the median of several replays reported. Inputs cycle over enough copies to exceed the L2 cache.
 
 The rotary tables are in the cache's dtype, as a model cast to bf16 for inference holds them.
-Bytes per step are counted, not measured (no hardware counters): mha reads K and V
-(2·B·H·L·D elements); the kernel reads S (B·KV·L·D) and the rotary tables (2·L·D/2, shared
-across batch and heads, so read from DRAM about once); the unfused path reads S twice, writes and
-reads the rotated keys. GB/s = counted bytes / median time.
+Bytes per step are counted in the table (mha reads K and V, 2·B·H·L·D elements; the kernel reads S,
+B·KV·L·D, and the rotary tables, 2·L·D/2, shared across batch and heads, so read from DRAM about
+once; the unfused path reads S twice, writes and reads the rotated keys); GB/s = counted bytes /
+median time. They are measured where Nsight Compute is there: `ncu ... bench_gpu_decode.py --ncu`
+runs one step of each path per shape between cudaProfilerStart and Stop, a short spin kernel between
+steps, and `--ncu-report CSV PLAN` sums each step's dram__bytes_read.sum (caches flushed before each
+kernel, ncu's default) against the cache's size (scripts/bench_gpu.sh runs both).
 
 Usage: python3 scripts/bench_gpu_decode.py            (CUDA; under 2 minutes on an H100/H200)
        python3 scripts/bench_gpu_decode.py --dry-run  (CPU, Triton's interpreter, tiny shapes)
+       ncu --profile-from-start off --cache-control all --clock-control none --print-units base --csv \
+           --metrics dram__bytes_read.sum,gpu__time_duration.sum --log-file CSV \
+           python3 scripts/bench_gpu_decode.py --ncu > PLAN
+       python3 scripts/bench_gpu_decode.py --ncu-report CSV PLAN
 Needs torch and triton only (not qkvlab's other dependencies)."""
 
 from __future__ import annotations
@@ -251,11 +258,99 @@ def tune(td, device, dry, timer):
             print(f"tune B={B} H={H} D={D} L={L} bf16 cache, {label}: default {t * 1e6:.1f} us; " + "; ".join(r for _, r in sorted(res)), flush=True)
 
 
+NCU_SHAPES = ((1, 12, 64, 32768), (16, 12, 64, 8192), (1, 16, 64, 32768))  # (B, heads, d_head, L): gpt2_124m, paper_300m
+SEPARATOR = "spin"  # torch.cuda._sleep's kernel, launched between profiled steps
+
+
+def ncu_steps(td, device):
+    """One decode step of mha's SDPA and of the kernel per shape, profiled (cudaProfilerStart/Stop)
+    with a spin kernel after each, and a plan line per step: what ncu_report matches them against."""
+    import json
+
+    import torch
+    import torch.nn.functional as F
+
+    dtype = torch.bfloat16
+    steps = []
+    for B, H, D, L in NCU_SHAPES:
+        q = torch.randn(B, H, D, device=device, dtype=dtype)
+        s = torch.randn(B, H, L, D, device=device, dtype=dtype)
+        k = torch.randn(B, H, L, D, device=device, dtype=dtype)
+        cos, sin = (t.to(dtype) for t in tables(L, D, device))
+        cache = B * H * L * D * s.element_size()
+        table_bytes = 2 * L * (D // 2) * s.element_size()
+        shape = f"B={B} H={H} D={D} L={L}"
+        steps.append((f"{shape} mha (SDPA, K+V)", 2 * cache, 2 * cache, lambda q=q, s=s, k=k: F.scaled_dot_product_attention(q[:, :, None], k, s, scale=D**-0.5)))
+        steps.append((f"{shape} k_eq_v kernel (S once)", cache, cache + table_bytes, lambda q=q, s=s, c=cos, n=sin: td.decode_shared_kv(q, s, c, n, scale=D**-0.5, pairs=False)))
+    for _, _, _, fn in steps:  # compile and warm up outside the profiled range
+        fn()
+    torch.cuda._sleep(1000)
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    for _, _, _, fn in steps:
+        fn()
+        torch.cuda._sleep(1000)
+    torch.cuda.synchronize()
+    torch.cuda.profiler.stop()
+    for name, cache, counted, _ in steps:
+        print("PLAN " + json.dumps({"step": name, "cache_bytes": cache, "counted_bytes": counted}), flush=True)
+
+
+def ncu_kernels(csv_path):
+    """[(kernel name, {metric: value})] in launch order, from ncu's --csv log (its own lines, '==PROF==
+    ...', before the table are skipped; values in base units, thousands separators dropped)."""
+    import csv
+
+    lines = Path(csv_path).read_text().splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.startswith('"ID"')), None)
+    if start is None:
+        raise ValueError(f"{csv_path}: no ncu CSV table (no line starting with \"ID\")")
+    kernels: dict[str, tuple[str, dict[str, float]]] = {}
+    for row in csv.DictReader(lines[start:]):
+        name, metrics = kernels.setdefault(row["ID"], (row["Kernel Name"], {}))
+        try:
+            metrics[row["Metric Name"]] = float(row["Metric Value"].replace(",", ""))
+        except ValueError:
+            pass
+    return [kernels[i] for i in sorted(kernels, key=int)]
+
+
+def ncu_report(csv_path, plan_path):
+    """Each profiled step's DRAM bytes read (its kernels between spin kernels) against its cache's size."""
+    import json
+
+    plan = [json.loads(ln[5:]) for ln in Path(plan_path).read_text().splitlines() if ln.startswith("PLAN ")]
+    groups, cur = [], []
+    for name, metrics in ncu_kernels(csv_path):
+        if SEPARATOR in name:
+            groups.append(cur)
+            cur = []
+        else:
+            cur.append((name, metrics))
+    if len(groups) != len(plan):
+        raise ValueError(f"ncu profiled {len(groups)} steps (spin kernels) where the plan has {len(plan)}; see {csv_path}")
+    print(f"{'step':<46}{'kernels':>8}{'MB read':>10}{'cache MB':>10}{'read/cache':>11}{'us':>9}")
+    for step, kernels in zip(plan, groups):
+        read = sum(m.get("dram__bytes_read.sum", float("nan")) for _, m in kernels)
+        ns = sum(m.get("gpu__time_duration.sum", float("nan")) for _, m in kernels)
+        print(f"{step['step']:<46}{len(kernels):>8}{read / 1e6:>10.2f}{step['cache_bytes'] / 1e6:>10.2f}"
+              f"{read / step['cache_bytes']:>11.3f}{ns / 1e3:>9.1f}   {', '.join(sorted({n for n, _ in kernels}))}")
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU, Triton's interpreter, tiny shapes: runs every code path, times nothing real")
     ap.add_argument("--tune", action="store_true", help="time launch plans only")
+    ap.add_argument("--ncu", action="store_true", help="one profiled step per path and shape, for ncu (see above)")
+    ap.add_argument("--ncu-report", nargs=2, metavar=("CSV", "PLAN"), help="DRAM bytes per step from ncu's CSV and --ncu's output")
     args = ap.parse_args(argv)
+    if args.ncu_report:
+        try:
+            return ncu_report(*args.ncu_report)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"bench_gpu_decode: error: {e}", file=sys.stderr)
+            return 2
     if args.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
     import torch
@@ -276,6 +371,12 @@ def main(argv=None):
         print(f"{p.name}, {p.multi_processor_count} SMs, torch {torch.__version__}, triton {importlib.import_module('triton').__version__}")
     if args.tune:
         tune(td, device, args.dry_run, Timer(device, args.dry_run))
+        return 0
+    if args.ncu:
+        if args.dry_run:
+            print("bench_gpu_decode: error: --ncu needs a CUDA device", file=sys.stderr)
+            return 2
+        ncu_steps(td, device)
         return 0
     ok = check(td, device, args.dry_run)
     print(f"checked in {time.perf_counter() - t0:.0f} s", flush=True)
