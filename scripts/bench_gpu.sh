@@ -14,8 +14,8 @@
 #     (TF32) against bf16 step time at model=small; the validation loss of a 1000-step run in each
 #     precision; bench under torchrun with NCCL (one process per GPU present).
 # Usage: scripts/bench_gpu.sh [decode|train|all] [OUT_DIR]   (default: all, outputs/bench/gpu)
-#   DRY=1 scripts/bench_gpu.sh ...   every command on the CPU with tiny shapes (Triton's interpreter for
-#                                    the kernel): checks the script, times nothing.
+#   DRY=1 scripts/bench_gpu.sh ...   every command but ncu on the CPU with tiny shapes (Triton's
+#                                    interpreter for the kernel): checks the script, times nothing.
 # On a machine where hydra does not import (a GPU image with torch and triton only), the wheels that
 # scripts/device_wheels.sh put in .whl/ are installed into a temporary folder first.
 set -uo pipefail
