@@ -28,7 +28,6 @@ case "$part" in decode | train | all) ;; *)
   ;;
 esac
 mkdir -p "$out"
-runs=$(mktemp -d) # the training runs' folders (checkpoints too): only their summaries go to OUT_DIR
 export PYTHONUNBUFFERED=1 WANDB_MODE=offline
 if ! python3 -c "import hydra, omegaconf" 2>/dev/null; then
   if ! ls .whl/*.whl >/dev/null 2>&1; then
@@ -91,6 +90,7 @@ if [ "$part" != train ]; then
 fi
 
 if [ "$part" != decode ]; then
+  runs=$(mktemp -d) # the training runs' folders (checkpoints too): only their summaries go to OUT_DIR
   stamp "gpt2_124m, bf16 + compile"
   q bench "${GPT2[@]}" --variants mha,k_eq_v,q_eq_k_eq_v train.compile=true --out "$out/gpt2_compile.json"
   check $? "gpt2_124m compile"

@@ -278,22 +278,21 @@ def ncu_steps(td, device):
         k = torch.randn(B, H, L, D, device=device, dtype=dtype)
         cos, sin = (t.to(dtype) for t in tables(L, D, device))
         cache = B * H * L * D * s.element_size()
-        table_bytes = 2 * L * (D // 2) * s.element_size()
         shape = f"B={B} H={H} D={D} L={L}"
-        steps.append((f"{shape} mha (SDPA, K+V)", 2 * cache, 2 * cache, lambda q=q, s=s, k=k: F.scaled_dot_product_attention(q[:, :, None], k, s, scale=D**-0.5)))
-        steps.append((f"{shape} k_eq_v kernel (S once)", cache, cache + table_bytes, lambda q=q, s=s, c=cos, n=sin: td.decode_shared_kv(q, s, c, n, scale=D**-0.5, pairs=False)))
-    for _, _, _, fn in steps:  # compile and warm up outside the profiled range
+        steps.append((f"{shape} mha (SDPA, K+V)", 2 * cache, lambda q=q, s=s, k=k: F.scaled_dot_product_attention(q[:, :, None], k, s, scale=D**-0.5)))
+        steps.append((f"{shape} k_eq_v kernel (S once)", cache, lambda q=q, s=s, c=cos, n=sin: td.decode_shared_kv(q, s, c, n, scale=D**-0.5, pairs=False)))
+    for _, _, fn in steps:  # compile and warm up outside the profiled range
         fn()
     torch.cuda._sleep(1000)
     torch.cuda.synchronize()
     torch.cuda.profiler.start()
-    for _, _, _, fn in steps:
+    for _, _, fn in steps:
         fn()
         torch.cuda._sleep(1000)
     torch.cuda.synchronize()
     torch.cuda.profiler.stop()
-    for name, cache, counted, _ in steps:
-        print("PLAN " + json.dumps({"step": name, "cache_bytes": cache, "counted_bytes": counted}), flush=True)
+    for name, cache, _ in steps:
+        print("PLAN " + json.dumps({"step": name, "cache_bytes": cache}), flush=True)
 
 
 def ncu_kernels(csv_path):

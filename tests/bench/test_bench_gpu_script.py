@@ -45,8 +45,8 @@ def test_ncu_report_sums_each_steps_kernels_between_spin_kernels(tmp_path, capsy
     ])
     plan = tmp_path / "plan.txt"
     plan.write_text("==PROF== Profiling\n" + "".join("PLAN " + json.dumps(p) + "\n" for p in (
-        {"step": "B=1 mha", "cache_bytes": 100_000_000, "counted_bytes": 100_000_000},
-        {"step": "B=1 kernel", "cache_bytes": 50_000_000, "counted_bytes": 50_500_000})))
+        {"step": "B=1 mha", "cache_bytes": 100_000_000},
+        {"step": "B=1 kernel", "cache_bytes": 50_000_000})))
     assert mod.ncu_report(tmp_path / "ncu.csv", plan) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
     assert [tuple(r[1:7]) for r in rows] == [
@@ -57,7 +57,7 @@ def test_ncu_report_refuses_a_log_that_does_not_match_the_plan(tmp_path):
     mod = decode_script()
     ncu_csv(tmp_path / "ncu.csv", [("split_kernel", 5, 5), ("spin_kernel(long)", 1, 1)])
     plan = tmp_path / "plan.txt"
-    plan.write_text("".join("PLAN " + json.dumps({"step": s, "cache_bytes": 1, "counted_bytes": 1}) + "\n" for s in ("a", "b")))
+    plan.write_text("".join("PLAN " + json.dumps({"step": s, "cache_bytes": 1}) + "\n" for s in ("a", "b")))
     with pytest.raises(ValueError, match="profiled 1 steps"):
         mod.ncu_report(tmp_path / "ncu.csv", plan)
     (tmp_path / "empty.csv").write_text("==PROF== nothing profiled\n")
